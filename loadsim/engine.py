@@ -1,0 +1,89 @@
+"""Builds the `AsyncEngine` for a run from its pool settings."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import AsyncAdaptedQueuePool, NullPool
+
+from loadsim.errors import ScenarioError
+from loadsim.scenario import PoolConfig
+
+_ACCEPTED_SCHEMES = ("postgresql", "postgres", "postgresql+asyncpg")
+
+
+def application_name(run_id: str) -> str:
+    """What our sessions call themselves on the server (`pg_stat_activity.application_name`)."""
+    return f"loadsim:{run_id}"
+
+
+def parse_database_url(raw: str) -> URL:
+    """A user's URL, made to drive asyncpg; a bad or unsupported URL is a ScenarioError."""
+    try:
+        url = make_url(raw)
+    except (ArgumentError, ValueError):
+        raise ScenarioError(
+            f"cannot parse database URL {mask_url_text(raw)!r}: expected "
+            "postgresql://user:password@host:port/database"
+        ) from None
+    if url.drivername not in _ACCEPTED_SCHEMES:
+        raise ScenarioError(
+            f"unsupported database URL scheme {url.drivername!r}: loadsim drives PostgreSQL "
+            "through asyncpg; use postgresql://, postgres:// or postgresql+asyncpg://"
+        )
+    return url.set(drivername="postgresql+asyncpg")
+
+
+def mask_url(url: URL) -> str:
+    return url.render_as_string(hide_password=True)
+
+
+def mask_url_text(raw: str) -> str:
+    """Masks the password of a URL that may not even parse."""
+    scheme, separator, rest = raw.partition("://")
+    if not separator:
+        return raw
+    credentials, at, host = rest.rpartition("@")
+    if not at or ":" not in credentials:
+        return raw
+    user = credentials.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}"
+
+
+def create_engine(url: URL, pool: PoolConfig, run_id: str) -> AsyncEngine:
+    options: dict[str, Any] = {
+        "pool_pre_ping": pool.pool_pre_ping,
+        "pool_recycle": int(pool.pool_recycle) if pool.pool_recycle == -1 else pool.pool_recycle,
+        "pool_reset_on_return": None if pool.pool_reset_on_return == "none" else (
+            pool.pool_reset_on_return
+        ),
+        "echo_pool": pool.echo_pool,
+        "connect_args": {"server_settings": {"application_name": application_name(run_id)}},
+    }
+    if pool.pool_class == "null":
+        options["poolclass"] = NullPool
+    else:
+        options.update(
+            poolclass=AsyncAdaptedQueuePool,
+            pool_size=pool.pool_size,
+            max_overflow=pool.max_overflow,
+            pool_timeout=pool.pool_timeout,
+            pool_use_lifo=pool.pool_use_lifo,
+        )
+    if pool.echo_pool:
+        _send_pool_log_to_stderr(options["poolclass"])
+    return create_async_engine(url, **options)
+
+
+def _send_pool_log_to_stderr(pool_class: type) -> None:
+    """SQLAlchemy's echo_pool logs to stdout unless its logger has a handler: stdout is ours."""
+    logger = logging.getLogger(f"sqlalchemy.pool.impl.{pool_class.__name__}")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+        logger.addHandler(handler)

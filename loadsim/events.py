@@ -1,0 +1,137 @@
+"""The event stream: its schema (a closed set of names) and the only code that writes it.
+
+Every event is one flat JSON object on one line, rendered by structlog with orjson. Lines go
+to stdout and, with `--output`, to a file as well; writes are buffered and flushed by the
+runner once a second and at the end, so a line is never left half-written by a clean stop.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Iterable
+from typing import IO, Any, Literal
+
+import orjson
+import structlog
+
+SCHEMA_VERSION = 1
+
+POOL_EVENTS = frozenset(
+    {
+        "pool.connect",
+        "pool.first_connect",
+        "pool.checkout",
+        "pool.checkin",
+        "pool.close",
+        "pool.close_detached",
+        "pool.detach",
+        "pool.invalidate",
+        "pool.soft_invalidate",
+        "pool.reset",
+    }
+)
+CLIENT_EVENTS = frozenset(
+    {
+        "client.waiting",  # asked the pool for a connection
+        "client.acquired",  # got one, after wait_ms
+        "client.released",  # gave it back, after held_ms
+        "client.timeout",  # the pool's TimeoutError
+        "client.error",  # a connect or query error
+    }
+)
+RUN_EVENTS = frozenset({"run.start", "run.end", "run.warning"})
+EVENT_NAMES = POOL_EVENTS | CLIENT_EVENTS | RUN_EVENTS
+
+LogFormat = Literal["json", "console"]
+
+_LEADING_KEYS = ("ts", "t", "event", "run_id", "scenario", "instance")
+
+
+class EventSink:
+    """A structlog logger that writes each rendered line to several binary streams.
+
+    A stream that fails (a closed pipe, a full disk) is dropped and remembered in
+    `failed`; the others keep receiving events.
+    """
+
+    def __init__(self, streams: Iterable[IO[bytes]]) -> None:
+        self.streams = list(streams)
+        self.failed: list[tuple[IO[bytes], OSError]] = []
+
+    def msg(self, message: bytes | str) -> None:
+        line = (message.encode() if isinstance(message, str) else message) + b"\n"
+        for stream in tuple(self.streams):
+            try:
+                stream.write(line)
+            except OSError as error:
+                self._drop(stream, error)
+
+    info = debug = warning = error = msg
+
+    def flush(self) -> None:
+        for stream in tuple(self.streams):
+            try:
+                stream.flush()
+            except OSError as error:
+                self._drop(stream, error)
+
+    def _drop(self, stream: IO[bytes], error: OSError) -> None:
+        self.streams.remove(stream)
+        self.failed.append((stream, error))
+
+
+class EventLog:
+    """Writes the events of one run. `emit` is the only way an event leaves the process."""
+
+    def __init__(
+        self,
+        sink: EventSink,
+        *,
+        run_id: str,
+        scenario: str,
+        instance: int = 0,
+        log_format: LogFormat = "json",
+        started: float | None = None,
+    ) -> None:
+        self.sink = sink
+        self.started = time.perf_counter() if started is None else started
+        renderer: Any = (
+            structlog.dev.ConsoleRenderer(colors=True, sort_keys=False)
+            if log_format == "console"
+            else structlog.processors.JSONRenderer(serializer=_dumps)
+        )
+        self._logger = structlog.wrap_logger(
+            sink,
+            processors=[self._stamp, renderer],
+            context_class=dict,
+            cache_logger_on_first_use=True,
+        ).bind(run_id=run_id, scenario=scenario, instance=instance)
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    def emit(self, event: str, **fields: Any) -> None:
+        if event not in EVENT_NAMES:
+            raise ValueError(f"unknown event name {event!r}")  # a bug, not a user error
+        self._logger.info(event, **fields)
+
+    def flush(self) -> None:
+        self.sink.flush()
+
+    def _stamp(self, _logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+        now = time.perf_counter()
+        ordered: dict[str, Any] = {
+            "ts": dt.datetime.now(dt.UTC).isoformat(timespec="microseconds").replace(
+                "+00:00", "Z"
+            ),
+            "t": round(now - self.started, 6),
+        }
+        for key in _LEADING_KEYS[2:]:
+            ordered[key] = event_dict.pop(key, None)
+        ordered.update(event_dict)
+        return ordered
+
+
+def _dumps(value: Any, **_: Any) -> bytes:
+    return orjson.dumps(value, default=str)

@@ -1,0 +1,252 @@
+"""Pool event listeners and live counters: the one source of truth for pool state.
+
+Listeners hang on `engine.sync_engine` and run synchronously inside SQLAlchemy's greenlet, in
+the task of the client that caused them, so the `current_client` contextvar set by the client
+is visible here. Each DBAPI connection gets a small stable id (`conn`) for the run.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.pool import ConnectionPoolEntry, Pool, QueuePool
+
+from loadsim.events import EventLog
+
+#: The client (an integer id) on whose behalf the current task uses the pool.
+current_client: contextvars.ContextVar[int | None] = contextvars.ContextVar(
+    "loadsim_client", default=None
+)
+
+
+@dataclass
+class PoolCounters:
+    """Running totals of what the pool did, counted from its own events."""
+
+    connects: int = 0
+    closes: int = 0
+    checkouts: int = 0
+    checkins: int = 0
+    invalidations: int = 0
+    detaches: int = 0
+    max_open: int = 0
+    waiting: int = 0
+    max_waiting: int = 0
+    connect_time_total_ms: float = 0.0
+
+
+class PoolMonitor:
+    """Listens to one engine's pool and emits a `pool.*` event per SQLAlchemy pool event."""
+
+    def __init__(self, engine: AsyncEngine, events: EventLog) -> None:
+        self.engine = engine
+        self.pool: Pool = engine.sync_engine.pool
+        self.events = events
+        self.counters = PoolCounters()
+        self.disposing = False
+        self._ids: dict[int, int] = {}  # id(dbapi connection) → conn
+        self._pids: dict[int, int | None] = {}  # conn → backend pid
+        self._close_cause: dict[int, str] = {}  # conn → why it is about to be closed
+        self._open = 0  # connections open now, counted from events (any pool class)
+        self._used = 0  # connections checked out now
+        self._queue_pool = isinstance(self.pool, QueuePool)
+        #: client → the conn it checked out most recently
+        self.last_checkout: dict[int, int] = {}
+        self._connect_started: dict[int | None, float] = {}  # client → when it began connecting
+
+    # ---------------------------------------------------------------------- public
+
+    def attach(self) -> None:
+        target = self.engine.sync_engine
+        for name in (
+            "connect",
+            "first_connect",
+            "checkout",
+            "checkin",
+            "close",
+            "close_detached",
+            "detach",
+            "invalidate",
+            "soft_invalidate",
+            "reset",
+        ):
+            event.listen(target, name, getattr(self, f"_on_{name}"))
+        event.listen(target, "do_connect", self._on_do_connect)
+
+    def conn_id(self, dbapi_connection: Any) -> int | None:
+        return self._ids.get(id(dbapi_connection))
+
+    def client_waiting(self, delta: int) -> None:
+        """Clients call this as they start (+1) and stop (-1) waiting for a connection."""
+        counters = self.counters
+        counters.waiting += delta
+        counters.max_waiting = max(counters.max_waiting, counters.waiting)
+
+    def state(self) -> dict[str, int]:
+        """The pool's counts right now, HikariCP style: total, in use, idle, waiting."""
+        if self._queue_pool:
+            pool: QueuePool = self.pool  # type: ignore[assignment]
+            used, idle = pool.checkedout(), pool.checkedin()
+            overflow = max(0, pool.overflow())
+        else:
+            used, idle, overflow = self._used, max(0, self._open - self._used), 0
+        return {
+            "connections_total": used + idle,
+            "connections_used": used,
+            "connections_idle": idle,
+            "overflow": overflow,
+            "pending_requests": self.counters.waiting,
+        }
+
+    def open_connections(self) -> int:
+        return self._open
+
+    # ------------------------------------------------------------------- listeners
+
+    def _emit(self, name: str, conn: int | None, **fields: Any) -> None:
+        self.events.emit(
+            name,
+            conn=conn,
+            backend_pid=self._pids.get(conn) if conn is not None else None,
+            client=current_client.get(),
+            **fields,
+            **self.state(),
+        )
+
+    def _register(self, dbapi_connection: Any) -> int:
+        conn = self._ids.get(id(dbapi_connection))
+        if conn is None:
+            conn = len(self._pids) + 1
+            self._ids[id(dbapi_connection)] = conn
+            self._pids[conn] = _backend_pid(dbapi_connection)
+        return conn
+
+    def _forget(self, dbapi_connection: Any) -> int | None:
+        conn = self._ids.pop(id(dbapi_connection), None)
+        if conn is not None:
+            self._open -= 1
+            self.counters.closes += 1
+        return conn
+
+    def _on_do_connect(self, *_: Any) -> None:
+        self._connect_started[current_client.get()] = time.perf_counter()
+
+    def _on_connect(self, dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+        conn = self._register(dbapi_connection)
+        self._open += 1
+        counters = self.counters
+        counters.connects += 1
+        counters.max_open = max(counters.max_open, self._open)
+        started = self._connect_started.pop(current_client.get(), None)
+        connect_ms = None
+        if started is not None:
+            connect_ms = round((time.perf_counter() - started) * 1000, 3)
+            counters.connect_time_total_ms += connect_ms
+        self._emit("pool.connect", conn, connect_ms=connect_ms)
+
+    def _on_first_connect(self, dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+        self._emit("pool.first_connect", self._register(dbapi_connection))
+
+    def _on_checkout(self, dbapi_connection: Any, record: ConnectionPoolEntry, proxy: Any) -> None:
+        self._used += 1
+        self.counters.checkouts += 1
+        conn = self._ids.get(id(dbapi_connection))
+        client = current_client.get()
+        if client is not None and conn is not None:
+            self.last_checkout[client] = conn
+        self._emit("pool.checkout", conn)
+
+    def _on_checkin(self, dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+        if dbapi_connection is None:  # invalidated while checked out: already closed
+            self._used -= 1
+            self.counters.checkins += 1
+            self._emit("pool.checkin", None)
+            return
+        conn = self._ids.get(id(dbapi_connection))
+        self._used -= 1
+        self.counters.checkins += 1
+        if conn is not None and self._will_close_on_return():
+            self._close_cause[conn] = "overflow" if self._queue_pool else "returned"
+        self._emit("pool.checkin", conn)
+
+    def _will_close_on_return(self) -> bool:
+        """Whether the pool will close the connection being returned instead of keeping it."""
+        if not self._queue_pool:
+            return True
+        queue = self.pool._pool  # type: ignore[attr-defined]
+        return bool(queue.maxsize > 0 and queue.qsize() >= queue.maxsize)
+
+    def _on_close(self, dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+        conn = self._ids.get(id(dbapi_connection))
+        cause = self._close_cause.pop(conn, None) if conn is not None else None
+        if cause is None:
+            cause = self._cause_from_record(record)
+        self._forget(dbapi_connection)
+        self._emit("pool.close", conn, cause=cause)
+
+    def _cause_from_record(self, record: ConnectionPoolEntry) -> str:
+        if self.disposing:
+            return "disposed"
+        pool = self.pool
+        started = getattr(record, "starttime", None)
+        recycle = pool._recycle  # type: ignore[attr-defined]
+        if started is not None:
+            if recycle > -1 and time.time() - started > recycle:
+                return "recycled"
+            if pool._invalidate_time > started:  # type: ignore[attr-defined]
+                return "pool_invalidated"
+            if getattr(record, "_soft_invalidate_time", 0) > started:
+                return "soft_invalidated"
+        return "closed"
+
+    def _on_close_detached(self, dbapi_connection: Any) -> None:
+        conn = self._forget(dbapi_connection)
+        self._emit("pool.close_detached", conn)
+
+    def _on_detach(self, dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+        self.counters.detaches += 1
+        self._used -= 1
+        self._emit("pool.detach", self._ids.get(id(dbapi_connection)))
+
+    def _on_invalidate(
+        self, dbapi_connection: Any, record: ConnectionPoolEntry, exception: BaseException | None
+    ) -> None:
+        conn = self._ids.get(id(dbapi_connection))
+        self.counters.invalidations += 1
+        if conn is not None:
+            self._close_cause[conn] = "invalidated"
+        self._emit("pool.invalidate", conn, reason=_describe(exception))
+
+    def _on_soft_invalidate(
+        self, dbapi_connection: Any, record: ConnectionPoolEntry, exception: BaseException | None
+    ) -> None:
+        self._emit(
+            "pool.soft_invalidate",
+            self._ids.get(id(dbapi_connection)),
+            reason=_describe(exception),
+        )
+
+    def _on_reset(self, dbapi_connection: Any, record: ConnectionPoolEntry, state: Any) -> None:
+        self._emit(
+            "pool.reset",
+            self._ids.get(id(dbapi_connection)),
+            terminate_only=bool(getattr(state, "terminate_only", False)),
+        )
+
+
+def _backend_pid(dbapi_connection: Any) -> int | None:
+    driver = getattr(dbapi_connection, "driver_connection", None)
+    get_pid = getattr(driver, "get_server_pid", None)
+    return int(get_pid()) if get_pid is not None else None
+
+
+def _describe(exception: BaseException | None) -> str | None:
+    if exception is None:
+        return None
+    text = str(exception).strip().splitlines()
+    return f"{type(exception).__name__}: {text[0] if text else ''}"

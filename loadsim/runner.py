@@ -1,0 +1,275 @@
+"""One invocation of `loadsim run`: find or start the server, then run each scenario in turn.
+
+For each scenario: engine → monitor → clients → stop cleanly → summary. The runner owns every
+task it starts (one `asyncio.TaskGroup` per scenario) and cancels them all on the way out.
+SIGINT and SIGTERM stop the clients, write `run.end` with `interrupted: true`, dispose the
+engine and stop the embedded server; a second signal stops the server at once and exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import platform
+import signal
+import sys
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import sqlalchemy
+from sqlalchemy.engine import URL
+
+from loadsim import __version__
+from loadsim.database import (
+    EmbeddedPostgres,
+    control_connection,
+    server_info,
+    sessions_by_state,
+)
+from loadsim.engine import application_name, create_engine, mask_url, parse_database_url
+from loadsim.events import SCHEMA_VERSION, EventLog, EventSink, LogFormat
+from loadsim.monitor import PoolMonitor
+from loadsim.settings import RunConfig
+from loadsim.stats import ClientMeasurements, summarise
+from loadsim.workload import ClientFleet, ClientState, start_delays
+
+#: How long clients still holding a connection get to finish once a run is due to stop.
+STOP_GRACE_S = 5.0
+FLUSH_INTERVAL_S = 0.25
+#: Headroom above the largest pool for the embedded server (the seed's "+ 20").
+EMBEDDED_HEADROOM = 20
+
+
+@dataclass
+class RunOutcome:
+    run_id: str
+    summaries: list[dict[str, Any]] = field(default_factory=list)
+    interrupted_by: str | None = None
+    output_closed: bool = False
+
+
+class Runner:
+    def __init__(
+        self,
+        configs: Sequence[RunConfig],
+        sink: EventSink,
+        *,
+        log_format: LogFormat = "json",
+        warn: Callable[[str], None] = lambda message: None,
+    ) -> None:
+        self.configs = list(configs)
+        self.sink = sink
+        self.log_format = log_format
+        self.warn = warn
+        self.outcome = RunOutcome(run_id=uuid.uuid4().hex[:12])
+        self._server: EmbeddedPostgres | None = None
+        self._stop_requested = asyncio.Event()
+        self._fleet: ClientFleet | None = None
+        self._client_tasks: list[asyncio.Task[None]] = []
+
+    # ---------------------------------------------------------------- lifecycle
+
+    def run(self) -> RunOutcome:
+        """Runs every scenario; always stops the embedded server it started."""
+        try:
+            asyncio.run(self._main())
+        finally:
+            self.sink.flush()
+            if self._server is not None:
+                self._server.stop()
+        return self.outcome
+
+    async def _main(self) -> None:
+        self._install_signal_handlers()
+        urls = {config.database_url for config in self.configs}
+        for raw in sorted(url for url in urls if url is not None):
+            parse_database_url(raw)  # a bad URL fails before anything starts
+        embedded_url: URL | None = None
+        if None in urls:
+            self._server = EmbeddedPostgres(max_connections=self._embedded_max_connections())
+            await asyncio.to_thread(self._server.start)
+            embedded_url = self._server.url
+        for config in self.configs:
+            if self.outcome.interrupted_by or self.outcome.output_closed:
+                break
+            url = parse_database_url(config.database_url) if config.database_url else embedded_url
+            assert url is not None
+            await self._run_scenario(config, url)
+
+    def _embedded_max_connections(self) -> int:
+        largest = 0
+        for config in self.configs:
+            capacity = config.pool.capacity
+            largest = max(largest, config.workload.clients if capacity is None else capacity)
+        return max(100, largest + EMBEDDED_HEADROOM)
+
+    def _install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, self._on_signal, signum)
+
+    def _on_signal(self, signum: int) -> None:
+        if self.outcome.interrupted_by is not None:
+            # A second signal: no more patience. Leave no server behind, then go.
+            if self._server is not None:
+                self._server.stop(mode="immediate")
+            self.sink.flush()
+            os._exit(128 + signum)
+        self.outcome.interrupted_by = signal.Signals(signum).name
+        self._request_stop()
+
+    def _request_stop(self) -> None:
+        self._stop_requested.set()
+
+    # ----------------------------------------------------------------- scenario
+
+    async def _run_scenario(self, config: RunConfig, url: URL) -> None:
+        events = EventLog(
+            self.sink, run_id=self.outcome.run_id, scenario=config.scenario,
+            log_format=self.log_format,
+        )
+        control = await control_connection(url)
+        try:
+            info = await server_info(control)
+            self._check_capacity(config, info.max_connections - info.reserved_connections, events)
+            engine = create_engine(url, config.pool, self.outcome.run_id)
+            monitor = PoolMonitor(engine, events)
+            monitor.attach()
+            measured = ClientMeasurements(config.workload.clients)
+            events.emit(
+                "run.start",
+                schema_version=SCHEMA_VERSION,
+                description=config.description,
+                database="embedded" if config.database_url is None else mask_url(url),
+                server_version=info.version,
+                server_max_connections=info.max_connections,
+                application_name=application_name(self.outcome.run_id),
+                pool=asdict(config.pool),
+                workload=_describe_workload(config),
+                seed=config.seed,
+                sources=dict(config.sources),
+                loadsim_version=__version__,
+                sqlalchemy_version=sqlalchemy.__version__,
+                python_version=platform.python_version(),
+            )
+            started = time.perf_counter()
+            try:
+                await self._drive_clients(config, engine, monitor, events, measured)
+                elapsed = time.perf_counter() - started
+                pool_state = monitor.state()
+                server_sessions = await sessions_by_state(
+                    control, application_name(self.outcome.run_id)
+                )
+            finally:
+                monitor.disposing = True
+                await engine.dispose()
+            summary = summarise(
+                measured,
+                monitor.counters,
+                elapsed,
+                interrupted=self.outcome.interrupted_by is not None,
+                signal=self.outcome.interrupted_by,
+                pool_state=pool_state,
+                server_sessions=server_sessions,
+            )
+            events.emit("run.end", summary=summary)
+            events.flush()
+            self.outcome.summaries.append({"scenario": config.scenario, **summary})
+        finally:
+            await control.close()
+
+    def _check_capacity(self, config: RunConfig, available: int, events: EventLog) -> None:
+        capacity = config.pool.capacity
+        needed = config.workload.clients if capacity is None else capacity
+        if needed > available:
+            message = (
+                f"scenario {config.scenario!r} may open {needed} connections but the server "
+                f"allows {available} (max_connections minus reserved slots); size the server "
+                "as max_connections >= instances x (pool_size + max_overflow) + 20"
+            )
+            events.emit("run.warning", message=message)
+            self.warn(message)
+
+    async def _drive_clients(
+        self,
+        config: RunConfig,
+        engine: Any,
+        monitor: PoolMonitor,
+        events: EventLog,
+        measured: ClientMeasurements,
+    ) -> None:
+        if self._stop_requested.is_set():
+            return
+        all_done = asyncio.Event()
+        fleet = ClientFleet(
+            engine=engine,
+            monitor=monitor,
+            events=events,
+            workload=config.workload,
+            measured=measured,
+            seed=config.seed,
+            on_all_done=all_done.set,
+        )
+        async with asyncio.TaskGroup() as group:
+            clients = [
+                group.create_task(fleet.run_client(client, delay))
+                for client, delay in enumerate(start_delays(config.workload))
+            ]
+            helpers = [
+                group.create_task(self._flush_periodically(events)),
+                group.create_task(self._stop_when_due(config, fleet, clients, all_done)),
+            ]
+            await all_done.wait()
+            for helper in helpers:
+                helper.cancel()
+
+    async def _stop_when_due(
+        self,
+        config: RunConfig,
+        fleet: ClientFleet,
+        clients: list[asyncio.Task[None]],
+        all_done: asyncio.Event,
+    ) -> None:
+        duration = config.workload.duration
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(duration):
+                await self._stop_requested.wait()
+        fleet.stopping = True
+        interrupted = self.outcome.interrupted_by is not None or self.outcome.output_closed
+        for client, task in enumerate(clients):
+            if interrupted or fleet.states[client] != ClientState.HOLDING:
+                task.cancel()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(STOP_GRACE_S):
+                await all_done.wait()
+        for task in clients:
+            task.cancel()
+
+    async def _flush_periodically(self, events: EventLog) -> None:
+        while True:
+            await asyncio.sleep(FLUSH_INTERVAL_S)
+            events.flush()
+            if not self.sink.streams and not self.outcome.output_closed:
+                self.outcome.output_closed = True
+                self._request_stop()
+
+
+def _describe_workload(config: RunConfig) -> dict[str, Any]:
+    workload = config.workload
+    return {
+        "clients": workload.clients,
+        "duration_s": workload.duration,
+        "iterations": workload.iterations,
+        "ramp_up_s": workload.ramp_up,
+        "hold": str(workload.hold),
+        "think": str(workload.think),
+        "query": workload.query,
+    }
+
+
+def stdout_stream() -> Any:
+    return sys.stdout.buffer

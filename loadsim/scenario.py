@@ -1,0 +1,436 @@
+"""Scenario files: TOML → validated, frozen `Scenario` objects.
+
+A scenario names a workload (clients, duration, hold and think times) and the pool settings it
+overrides; a preset is a named set of pool settings a scenario can start from. Values are
+checked here, once, with errors that name the file, the scenario and the key.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import random
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Literal
+
+from loadsim.errors import ScenarioError
+
+# --------------------------------------------------------------------------- durations
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from `"250ms"`, `"2s"`, `"1m30s"`, `"1h"`, or a plain number of seconds."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a duration such as '250ms', '2s' or '1m30s', got {value!r}")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str):
+        text = value.strip().lower()
+        try:
+            seconds = float(text)
+        except ValueError:
+            seconds = _parse_duration_units(text, value)
+    else:
+        raise ValueError(f"expected a duration such as '250ms', '2s' or '1m30s', got {value!r}")
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"a duration cannot be negative or infinite, got {value!r}")
+    return seconds
+
+
+def _parse_duration_units(text: str, original: str) -> float:
+    position, seconds = 0, 0.0
+    for match in _DURATION_PART.finditer(text):
+        if match.start() != position:
+            break
+        seconds += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+        position = match.end()
+    if position != len(text) or not text:
+        raise ValueError(
+            f"expected a duration such as '250ms', '2s', '1m30s' or a number of seconds, "
+            f"got {original!r}"
+        )
+    return seconds
+
+
+def format_duration(seconds: float) -> str:
+    if seconds == 0:
+        return "0s"
+    if seconds < 1:
+        return f"{seconds * 1000:g}ms"
+    return f"{seconds:g}s"
+
+
+# ----------------------------------------------------------------------- distributions
+
+
+@dataclass(frozen=True)
+class Distribution:
+    """A time in seconds: fixed, `uniform(a, b)` or `exp(mean)`."""
+
+    kind: Literal["fixed", "uniform", "exp"]
+    a: float
+    b: float = 0.0
+
+    def sample(self, rng: random.Random) -> float:
+        if self.kind == "fixed":
+            return self.a
+        if self.kind == "uniform":
+            return rng.uniform(self.a, self.b)
+        return rng.expovariate(1.0 / self.a) if self.a > 0 else 0.0
+
+    @property
+    def mean(self) -> float:
+        return (self.a + self.b) / 2 if self.kind == "uniform" else self.a
+
+    @property
+    def maximum(self) -> float:
+        """The largest value it can produce (infinite for exp)."""
+        if self.kind == "exp":
+            return math.inf if self.a > 0 else 0.0
+        return self.b if self.kind == "uniform" else self.a
+
+    def __str__(self) -> str:
+        if self.kind == "fixed":
+            return format_duration(self.a)
+        if self.kind == "uniform":
+            return f"uniform({format_duration(self.a)}, {format_duration(self.b)})"
+        return f"exp({format_duration(self.a)})"
+
+
+_DISTRIBUTION = re.compile(r"^\s*(uniform|exp)\s*\((.*)\)\s*$", re.IGNORECASE)
+_DISTRIBUTION_HELP = "a duration like '200ms', 'uniform(10ms, 50ms)' or 'exp(50ms)'"
+
+
+def parse_distribution(value: object) -> Distribution:
+    match = _DISTRIBUTION.match(value) if isinstance(value, str) else None
+    if match is None:
+        try:
+            return Distribution("fixed", parse_duration(value))
+        except ValueError:
+            raise ValueError(f"expected {_DISTRIBUTION_HELP}, got {value!r}") from None
+    kind = match.group(1).lower()
+    arguments = [part for part in match.group(2).split(",")]
+    try:
+        numbers = [parse_duration(part) for part in arguments]
+    except ValueError:
+        raise ValueError(f"expected {_DISTRIBUTION_HELP}, got {value!r}") from None
+    if kind == "exp":
+        if len(numbers) != 1:
+            raise ValueError(f"exp takes one argument, the mean, got {value!r}")
+        return Distribution("exp", numbers[0])
+    if len(numbers) != 2:
+        raise ValueError(f"uniform takes two arguments, low and high, got {value!r}")
+    low, high = numbers
+    if low > high:
+        raise ValueError(f"uniform(low, high) needs low <= high, got {value!r}")
+    return Distribution("uniform", low, high)
+
+
+# -------------------------------------------------------------------------- pool keys
+
+
+def _integer(minimum: int, what: str) -> Callable[[object], int]:
+    def parse(value: object) -> int:
+        if isinstance(value, str):
+            try:
+                value = int(value.strip())
+            except ValueError:
+                raise ValueError(f"expected {what}, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"expected {what}, got {value!r}")
+        if value < minimum:
+            raise ValueError(f"expected {what}, got {value}")
+        return value
+
+    return parse
+
+
+def parse_bool(value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in {"1", "true", "yes", "on"}:
+            return True
+        if text in {"0", "false", "no", "off"}:
+            return False
+    raise ValueError(f"expected true or false, got {value!r}")
+
+
+def _choice(*choices: str) -> Callable[[object], str]:
+    def parse(value: object) -> str:
+        if isinstance(value, str) and value.strip().lower() in choices:
+            return value.strip().lower()
+        raise ValueError(f"expected one of {', '.join(choices)}, got {value!r}")
+
+    return parse
+
+
+def _positive_seconds(value: object) -> float:
+    seconds = parse_duration(value)
+    if seconds <= 0:
+        raise ValueError(f"expected a duration greater than zero, got {value!r}")
+    return seconds
+
+
+def _recycle_seconds(value: object) -> float:
+    """`pool_recycle`: a duration, or -1 / "off" to disable recycling."""
+    if isinstance(value, str) and value.strip().lower() in {"off", "never", "-1"}:
+        return -1.0
+    if isinstance(value, int | float) and not isinstance(value, bool) and value == -1:
+        return -1.0
+    seconds = parse_duration(value)
+    if seconds <= 0:
+        raise ValueError(f"expected a duration greater than zero, or -1 to disable, got {value!r}")
+    return seconds
+
+
+def _echo_pool(value: object) -> bool | str:
+    if isinstance(value, str) and value.strip().lower() == "debug":
+        return "debug"
+    return parse_bool(value)
+
+
+PoolValue = int | float | bool | str
+
+#: Every pool setting a scenario, preset, environment variable or flag may set, with its parser.
+POOL_KEYS: Mapping[str, Callable[[object], Any]] = MappingProxyType(
+    {
+        "pool_class": _choice("queue", "null"),
+        "pool_size": _integer(1, "an integer of at least 1"),
+        "max_overflow": _integer(-1, "an integer of at least 0, or -1 for no limit"),
+        "pool_timeout": _positive_seconds,
+        "pool_recycle": _recycle_seconds,
+        "pool_pre_ping": parse_bool,
+        "pool_use_lifo": parse_bool,
+        "pool_reset_on_return": _choice("rollback", "commit", "none"),
+        "echo_pool": _echo_pool,
+    }
+)
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    """The pool settings of one run, fully resolved. Defaults are SQLAlchemy's own."""
+
+    pool_class: str = "queue"
+    pool_size: int = 5
+    max_overflow: int = 10
+    pool_timeout: float = 30.0
+    pool_recycle: float = -1.0
+    pool_pre_ping: bool = False
+    pool_use_lifo: bool = False
+    pool_reset_on_return: str = "rollback"
+    echo_pool: bool | str = False
+
+    @property
+    def capacity(self) -> int | None:
+        """Most connections this pool can open at once (None: no limit)."""
+        if self.pool_class == "null" or self.max_overflow < 0:
+            return None
+        return self.pool_size + self.max_overflow
+
+
+# ---------------------------------------------------------------------------- workload
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What the clients of one scenario do."""
+
+    clients: int = 10
+    duration: float | None = 10.0
+    iterations: int | None = None
+    ramp_up: float = 0.0
+    hold: Distribution = Distribution("fixed", 0.05)
+    think: Distribution = Distribution("fixed", 0.0)
+    query: str | None = None
+
+
+WORKLOAD_KEYS: Mapping[str, Callable[[object], Any]] = MappingProxyType(
+    {
+        "clients": _integer(1, "an integer of at least 1"),
+        "duration": _positive_seconds,
+        "iterations": _integer(1, "an integer of at least 1"),
+        "ramp_up": parse_duration,
+    }
+)
+_WORKLOAD_TABLE_KEYS: Mapping[str, Callable[[object], Any]] = MappingProxyType(
+    {"hold": parse_distribution, "think": parse_distribution, "query": lambda v: _query(v)}
+)
+_SCENARIO_KEYS = ("description", "preset", "pool", "workload", *WORKLOAD_KEYS)
+
+
+def _query(value: object) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"expected an SQL statement as a string, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One declared scenario as written: a workload and the pool settings it overrides."""
+
+    name: str
+    description: str = ""
+    preset: str | None = None
+    pool: Mapping[str, PoolValue] = field(default_factory=lambda: MappingProxyType({}))
+    workload: Workload = Workload()
+    #: Workload fields the file set explicitly (the rest are defaults), for `loadsim show`.
+    workload_keys: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class ScenarioFile:
+    path: Path
+    presets: Mapping[str, Mapping[str, PoolValue]]
+    scenarios: Mapping[str, Scenario]
+
+    def get(self, name: str) -> Scenario:
+        try:
+            return self.scenarios[name]
+        except KeyError:
+            known = ", ".join(self.scenarios) or "(none)"
+            hint = _did_you_mean(name, self.scenarios)
+            raise ScenarioError(
+                f"{self.path}: no scenario named {name!r}{hint}; known scenarios: {known}"
+            ) from None
+
+    def preset(self, name: str, *, wanted_by: str) -> Mapping[str, PoolValue]:
+        try:
+            return self.presets[name]
+        except KeyError:
+            known = ", ".join(self.presets) or "(none)"
+            raise ScenarioError(
+                f"{self.path}: {wanted_by} names an unknown preset {name!r}"
+                f"{_did_you_mean(name, self.presets)}; known presets: {known}"
+            ) from None
+
+
+# ----------------------------------------------------------------------------- loading
+
+PACKAGED_SCENARIOS = "scenarios.toml"
+
+
+def default_scenario_path() -> Path:
+    """`./scenarios.toml` when there is one, else the file shipped inside the package."""
+    local = Path.cwd() / PACKAGED_SCENARIOS
+    if local.is_file():
+        return local
+    return Path(str(resources.files("loadsim") / PACKAGED_SCENARIOS))
+
+
+def load_scenarios(path: Path | None = None) -> ScenarioFile:
+    path = path if path is not None else default_scenario_path()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ScenarioError(f"{path}: no such scenario file") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ScenarioError(f"{path}: cannot read scenario file: {error}") from None
+    return parse_scenarios(text, path)
+
+
+def parse_scenarios(text: str, path: Path) -> ScenarioFile:
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise ScenarioError(f"{path}: malformed TOML: {error}") from None
+    _check_keys(document, ("presets", "scenarios"), f"{path}", "at the top level")
+    presets_table = _table(document.get("presets", {}), f"{path}: [presets]")
+    presets = {
+        name: MappingProxyType(_parse_pool(_table(body, f"{path}: [presets.{name}]"),
+                                           f"{path}: [presets.{name}]"))
+        for name, body in presets_table.items()
+    }
+    scenarios_table = _table(document.get("scenarios", {}), f"{path}: [scenarios]")
+    scenarios = {
+        name: _parse_scenario(name, _table(body, f"{path}: [scenarios.{name}]"), path)
+        for name, body in scenarios_table.items()
+    }
+    loaded = ScenarioFile(path, MappingProxyType(presets), MappingProxyType(scenarios))
+    for scenario in scenarios.values():
+        if scenario.preset is not None:
+            loaded.preset(scenario.preset, wanted_by=f"scenario {scenario.name!r}")
+    return loaded
+
+
+def _parse_scenario(name: str, body: Mapping[str, Any], path: Path) -> Scenario:
+    where = f"{path}: scenario {name!r}"
+    _check_keys(body, _SCENARIO_KEYS, where, "")
+    description = body.get("description", "")
+    if not isinstance(description, str):
+        raise ScenarioError(f"{where}: key 'description': expected a string, got {description!r}")
+    preset = body.get("preset")
+    if preset is not None and not isinstance(preset, str):
+        raise ScenarioError(f"{where}: key 'preset': expected a preset's name, got {preset!r}")
+
+    values: dict[str, Any] = {}
+    for key, parse in WORKLOAD_KEYS.items():
+        if key in body:
+            values[key] = _parse_value(parse, body[key], where, key)
+    workload_table = _table(body.get("workload", {}), f"{where} [workload]")
+    _check_keys(workload_table, tuple(_WORKLOAD_TABLE_KEYS), f"{where} [workload]", "")
+    for key, parse in _WORKLOAD_TABLE_KEYS.items():
+        if key in workload_table:
+            values[key] = _parse_value(parse, workload_table[key], f"{where} [workload]", key)
+    workload = Workload(**values)
+    check_workload(workload, where)
+
+    pool = _parse_pool(_table(body.get("pool", {}), f"{where} [pool]"), f"{where} [pool]")
+    return Scenario(
+        name=name,
+        description=description.strip(),
+        preset=preset,
+        pool=MappingProxyType(pool),
+        workload=workload,
+        workload_keys=frozenset(values),
+    )
+
+
+def check_workload(workload: Workload, where: str) -> None:
+    """Contradictions between workload keys, checked again after flags are applied."""
+    if workload.duration is None and workload.iterations is None:
+        raise ScenarioError(f"{where}: set 'duration' or 'iterations' so that the run ends")
+
+
+def _parse_pool(body: Mapping[str, Any], where: str) -> dict[str, PoolValue]:
+    _check_keys(body, tuple(POOL_KEYS), where, "")
+    return {key: _parse_value(POOL_KEYS[key], value, where, key) for key, value in body.items()}
+
+
+def _parse_value(parse: Callable[[object], Any], value: object, where: str, key: str) -> Any:
+    try:
+        return parse(value)
+    except ValueError as error:
+        raise ScenarioError(f"{where}: key {key!r}: {error}") from None
+
+
+def _table(value: object, where: str) -> Mapping[str, Any]:
+    if not isinstance(value, dict):
+        raise ScenarioError(f"{where}: expected a table, got {value!r}")
+    return value
+
+
+def _check_keys(body: Mapping[str, Any], allowed: tuple[str, ...], where: str, place: str) -> None:
+    for key in body:
+        if key not in allowed:
+            place_text = f" {place}" if place else ""
+            raise ScenarioError(
+                f"{where}: unknown key {key!r}{place_text}{_did_you_mean(key, allowed)}; "
+                f"valid keys: {', '.join(allowed)}"
+            )
+
+
+def _did_you_mean(word: str, candidates: object) -> str:
+    close = difflib.get_close_matches(word, list(candidates), n=1)  # type: ignore[call-overload]
+    return f" (did you mean {close[0]!r}?)" if close else ""

@@ -1,0 +1,196 @@
+"""Configuration precedence, and only that: flag > environment (and .env) > scenario > preset >
+built-in default. The result is one frozen `RunConfig` per scenario, resolved before anything
+connects, that records where each value came from."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from dotenv import dotenv_values
+
+from loadsim.errors import ScenarioError
+from loadsim.scenario import (
+    POOL_KEYS,
+    PoolConfig,
+    WORKLOAD_KEYS,
+    Scenario,
+    ScenarioFile,
+    Workload,
+    check_workload,
+)
+
+#: Environment variable → pool setting it controls.
+POOL_ENVIRONMENT = MappingProxyType(
+    {
+        "POOL_SIZE": "pool_size",
+        "MAX_OVERFLOW": "max_overflow",
+        "POOL_TIMEOUT": "pool_timeout",
+        "POOL_RECYCLE": "pool_recycle",
+        "POOL_PRE_PING": "pool_pre_ping",
+        "ECHO_POOL": "echo_pool",
+    }
+)
+ENVIRONMENT_VARIABLES = ("DATABASE_URL", *POOL_ENVIRONMENT, "LOG_LEVEL")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+#: Flags whose option name is not simply the setting's name with dashes.
+FLAG_NAMES = MappingProxyType({"pool_pre_ping": "--pre-ping"})
+WORKLOAD_FLAGS = MappingProxyType(
+    {key: WORKLOAD_KEYS[key] for key in ("clients", "duration", "iterations")}
+)
+
+DEFAULT = "default"
+ENVIRONMENT = "environment"
+FLAG = "flag"
+
+
+def read_environment(
+    environ: Mapping[str, str] | None = None, dotenv_path: Path | None = None
+) -> dict[str, str]:
+    """The variables loadsim reads, from the process environment over a `.env` file.
+
+    `.env` is read from the current directory unless a path is given; a variable already set
+    in the environment wins over the file, as python-dotenv does by default.
+    """
+    environ = os.environ if environ is None else environ
+    path = dotenv_path if dotenv_path is not None else Path.cwd() / ".env"
+    from_file = dotenv_values(path) if path.is_file() else {}
+    merged: dict[str, str] = {}
+    for name in ENVIRONMENT_VARIABLES:
+        value = environ.get(name, from_file.get(name))
+        if value is not None and value.strip() != "":
+            merged[name] = value.strip()
+    return merged
+
+
+@dataclass(frozen=True)
+class Flags:
+    """Values given on the command line; None means "not given"."""
+
+    database_url: str | None = None
+    preset: str | None = None
+    pool_size: int | None = None
+    max_overflow: int | None = None
+    pool_timeout: str | None = None
+    pool_recycle: str | None = None
+    pool_pre_ping: bool | None = None
+    clients: int | None = None
+    duration: str | None = None
+    iterations: int | None = None
+    seed: int | None = None
+    log_level: str | None = None
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything one scenario's run needs, resolved once."""
+
+    scenario: str
+    description: str
+    database_url: str | None
+    pool: PoolConfig
+    workload: Workload
+    seed: int | None
+    log_level: str
+    #: setting name → where its value came from ("flag", "environment", "scenario",
+    #: "preset NAME", "default").
+    sources: Mapping[str, str]
+
+
+def resolve(
+    scenarios: ScenarioFile, scenario: Scenario, environment: Mapping[str, str], flags: Flags
+) -> RunConfig:
+    sources: dict[str, str] = {}
+
+    preset_name = flags.preset if flags.preset is not None else scenario.preset
+    preset: Mapping[str, Any] = {}
+    if preset_name is not None:
+        wanted_by = "--preset" if flags.preset is not None else f"scenario {scenario.name!r}"
+        preset = scenarios.preset(preset_name, wanted_by=wanted_by)
+
+    pool_values: dict[str, Any] = {}
+    environment_pool = _pool_from_environment(environment)
+    for spec in fields(PoolConfig):
+        key = spec.name
+        flag_value = getattr(flags, key, None)
+        if flag_value is not None:
+            pool_values[key] = _parse_flag(POOL_KEYS[key], flag_value, key)
+            sources[key] = FLAG
+        elif key in environment_pool:
+            pool_values[key], sources[key] = environment_pool[key], ENVIRONMENT
+        elif key in scenario.pool:
+            pool_values[key], sources[key] = scenario.pool[key], "scenario"
+        elif key in preset:
+            pool_values[key], sources[key] = preset[key], f"preset {preset_name}"
+        else:
+            sources[key] = DEFAULT
+    pool = PoolConfig(**pool_values)
+
+    workload = scenario.workload
+    for key, parse in WORKLOAD_FLAGS.items():
+        flag_value = getattr(flags, key)
+        if flag_value is not None:
+            workload = replace(workload, **{key: _parse_flag(parse, flag_value, key)})
+            sources[key] = FLAG
+        else:
+            sources[key] = "scenario" if key in scenario.workload_keys else DEFAULT
+    if flags.iterations is not None and flags.duration is None:
+        # --iterations alone means "this many, however long it takes".
+        workload = replace(workload, duration=None)
+    check_workload(workload, f"scenario {scenario.name!r}")
+    for key in ("ramp_up", "hold", "think", "query"):
+        sources[key] = "scenario" if key in scenario.workload_keys else DEFAULT
+
+    database_url, sources["database_url"] = _pick(
+        flags.database_url, environment.get("DATABASE_URL"), None
+    )
+    log_level, sources["log_level"] = _pick(flags.log_level, environment.get("LOG_LEVEL"), "info")
+    log_level = log_level.lower() if log_level else "info"
+    if log_level not in LOG_LEVELS:
+        raise ScenarioError(
+            f"LOG_LEVEL ({sources['log_level']}): expected one of {', '.join(LOG_LEVELS)}, "
+            f"got {log_level!r}"
+        )
+    sources["seed"] = FLAG if flags.seed is not None else DEFAULT
+    return RunConfig(
+        scenario=scenario.name,
+        description=scenario.description,
+        database_url=database_url,
+        pool=pool,
+        workload=workload,
+        seed=flags.seed,
+        log_level=log_level,
+        sources=MappingProxyType(sources),
+    )
+
+
+def _parse_flag(parse: Callable[[object], Any], value: object, key: str) -> Any:
+    try:
+        return parse(value)
+    except ValueError as error:
+        option = FLAG_NAMES.get(key, "--" + key.replace("_", "-"))
+        raise ScenarioError(f"{option}: {error}") from None
+
+
+def _pick(flag: str | None, environment: str | None, default: str | None) -> tuple[Any, str]:
+    if flag is not None:
+        return flag, FLAG
+    if environment is not None:
+        return environment, ENVIRONMENT
+    return default, DEFAULT
+
+
+def _pool_from_environment(environment: Mapping[str, str]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for variable, key in POOL_ENVIRONMENT.items():
+        if variable in environment:
+            try:
+                values[key] = POOL_KEYS[key](environment[variable])
+            except ValueError as error:
+                raise ScenarioError(f"environment variable {variable}: {error}") from None
+    return values

@@ -1,0 +1,84 @@
+"""Text for people: the end-of-run summary table and `loadsim show`'s resolved configuration."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+from loadsim.engine import mask_url_text
+from loadsim.scenario import format_duration
+from loadsim.settings import RunConfig
+
+_ROWS: tuple[tuple[str, str], ...] = (
+    ("elapsed", "elapsed_s"),
+    ("clients", "clients"),
+    ("checkouts", "checkouts"),
+    ("checkouts/s", "checkouts_per_s"),
+    ("connects", "connects"),
+    ("checkouts per connect", "reuse_ratio"),
+    ("max open connections", "max_open"),
+    ("max waiting clients", "max_pending_requests"),
+    ("wait ms (mean / max)", "wait_ms"),
+    ("hold ms (mean / max)", "hold_ms"),
+    ("timeouts", "timeouts"),
+    ("errors", "errors"),
+    ("interrupted", "interrupted"),
+)
+
+
+def format_summary(summaries: list[dict[str, Any]]) -> str:
+    """One column per scenario, one row per figure."""
+    header = ["", *(summary["scenario"] for summary in summaries)]
+    rows = [header]
+    for label, key in _ROWS:
+        rows.append([label, *(_cell(summary.get(key)) for summary in summaries)])
+    widths = [max(len(row[column]) for row in rows) for column in range(len(header))]
+    lines = [
+        "  ".join(
+            cell.ljust(widths[i]) if i == 0 else cell.rjust(widths[i]) for i, cell in enumerate(row)
+        )
+        for row in rows
+    ]
+    return "\n".join(lines)
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, dict) and "mean" in value:
+        return f"{value['mean']:.1f} / {value['max']:.1f}"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:,.2f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return "-" if value is None else str(value)
+
+
+def format_show(config: RunConfig) -> str:
+    """`loadsim show`: every resolved setting, its value, and where the value came from."""
+    values: dict[str, Any] = {
+        "scenario": config.scenario,
+        "description": config.description,
+        "database_url": (
+            mask_url_text(config.database_url) if config.database_url else "(embedded PostgreSQL)"
+        ),
+        **asdict(config.pool),
+        **{key: value for key, value in asdict(config.workload).items()},
+        "hold": str(config.workload.hold),
+        "think": str(config.workload.think),
+        "seed": config.seed,
+        "log_level": config.log_level,
+    }
+    for key in ("pool_timeout", "pool_recycle", "duration", "ramp_up"):
+        value = values.get(key)
+        if isinstance(value, float) and value >= 0:
+            values[key] = format_duration(value)
+    if config.pool.pool_recycle < 0:
+        values["pool_recycle"] = "off (-1)"
+    width = max(len(key) for key in values)
+    lines = []
+    for key, value in values.items():
+        source = config.sources.get(key)
+        shown = "-" if value is None else str(value)
+        lines.append(f"{key:<{width}}  {shown}" + (f"  ({source})" if source else ""))
+    return "\n".join(lines)
