@@ -43,7 +43,8 @@ class LogFormat(enum.StrEnum):
 FileOption = Annotated[
     Path | None,
     typer.Option(
-        "--file", "-f",
+        "--file",
+        "-f",
         help="Scenario file. Default: ./scenarios.toml if present, else the packaged one.",
         dir_okay=False,
     ),
@@ -62,7 +63,7 @@ PoolSizeOption = Annotated[
 ]
 MaxOverflowOption = Annotated[
     int | None,
-    typer.Option("--max-overflow", help="Extra connections allowed beyond pool-size (-1: no limit)."),
+    typer.Option("--max-overflow", help="Connections allowed beyond pool-size (-1: no limit)."),
 ]
 PoolTimeoutOption = Annotated[
     str | None,
@@ -74,8 +75,9 @@ PoolRecycleOption = Annotated[
 ]
 PrePingOption = Annotated[
     bool | None,
-    typer.Option("--pre-ping/--no-pre-ping", help="Test each connection at checkout.",
-                 show_default=False),
+    typer.Option(
+        "--pre-ping/--no-pre-ping", help="Test each connection at checkout.", show_default=False
+    ),
 ]
 PresetOption = Annotated[
     str | None, typer.Option("--preset", help="Start from this preset's pool settings.")
@@ -88,8 +90,11 @@ DurationOption = Annotated[
 ]
 IterationsOption = Annotated[
     int | None,
-    typer.Option("--iterations", "-n", help="Checkouts per client; alone, the run lasts until "
-                 "all clients are done."),
+    typer.Option(
+        "--iterations",
+        "-n",
+        help="Checkouts per client; alone, the run lasts until all clients are done.",
+    ),
 ]
 SeedOption = Annotated[
     int | None, typer.Option("--seed", help="Seed for hold and think times (repeatable runs).")
@@ -114,8 +119,9 @@ def _configs(
 def run(
     scenario: Annotated[
         list[str] | None,
-        typer.Argument(help="Scenarios to run, one after another (default: normal).",
-                       show_default=False),
+        typer.Argument(
+            help="Scenarios to run, one after another (default: normal).", show_default=False
+        ),
     ] = None,
     file: FileOption = None,
     database_url: DatabaseUrlOption = None,
@@ -131,8 +137,9 @@ def run(
     seed: SeedOption = None,
     output: Annotated[
         Path | None,
-        typer.Option("--output", "-o", help="Also write the JSONL event stream to this file.",
-                     dir_okay=False),
+        typer.Option(
+            "--output", "-o", help="Also write the JSONL event stream to this file.", dir_okay=False
+        ),
     ] = None,
     force: Annotated[
         bool, typer.Option("--force", help="Overwrite the --output file if it exists.")
@@ -149,9 +156,16 @@ def run(
     from loadsim.runner import Runner  # heavy imports only for the command that needs them
 
     flags = _flags(
-        database_url=database_url, preset=preset, pool_size=pool_size,
-        max_overflow=max_overflow, pool_timeout=pool_timeout, pool_recycle=pool_recycle,
-        pool_pre_ping=pre_ping, clients=clients, duration=duration, iterations=iterations,
+        database_url=database_url,
+        preset=preset,
+        pool_size=pool_size,
+        max_overflow=max_overflow,
+        pool_timeout=pool_timeout,
+        pool_recycle=pool_recycle,
+        pool_pre_ping=pre_ping,
+        clients=clients,
+        duration=duration,
+        iterations=iterations,
         seed=seed,
     )
     _, configs = _configs(file, scenario or ["normal"], flags)
@@ -185,7 +199,8 @@ def list_scenarios(file: FileOption = None) -> None:
     scenarios = load_scenarios(file)
     width = max((len(name) for name in scenarios.scenarios), default=0)
     for name, scenario in scenarios.scenarios.items():
-        print(f"{name:<{width}}  {scenario.description.splitlines()[0] if scenario.description else ''}")
+        first_line = scenario.description.splitlines()[0] if scenario.description else ""
+        print(f"{name:<{width}}  {first_line}")
 
 
 @app.command()
@@ -206,9 +221,16 @@ def show(
 ) -> None:
     """Print a scenario's resolved configuration and where each value came from."""
     flags = _flags(
-        database_url=database_url, preset=preset, pool_size=pool_size,
-        max_overflow=max_overflow, pool_timeout=pool_timeout, pool_recycle=pool_recycle,
-        pool_pre_ping=pre_ping, clients=clients, duration=duration, iterations=iterations,
+        database_url=database_url,
+        preset=preset,
+        pool_size=pool_size,
+        max_overflow=max_overflow,
+        pool_timeout=pool_timeout,
+        pool_recycle=pool_recycle,
+        pool_pre_ping=pre_ping,
+        clients=clients,
+        duration=duration,
+        iterations=iterations,
         seed=seed,
     )
     scenarios, (config,) = _configs(file, [scenario], flags)

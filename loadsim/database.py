@@ -8,7 +8,6 @@ go through a separate asyncpg connection, never through the pool being measured.
 
 from __future__ import annotations
 
-import asyncio
 import importlib.util
 import os
 import shutil
@@ -71,8 +70,13 @@ class EmbeddedPostgres:
             self._prepare_for_root()
             self._run(
                 "initdb",
-                "-D", str(self.data_directory),
-                "--auth=trust", "-U", EMBEDDED_USER, "--encoding=UTF8", "--no-sync",
+                "-D",
+                str(self.data_directory),
+                "--auth=trust",
+                "-U",
+                EMBEDDED_USER,
+                "--encoding=UTF8",
+                "--no-sync",
                 "--no-instructions",
             )
             self._pg_ctl("start", "-l", str(self.directory / "server.log"))
@@ -89,8 +93,9 @@ class EmbeddedPostgres:
             return
         try:
             if (self.data_directory / "postmaster.pid").exists():
-                self._run("pg_ctl", "-D", str(self.data_directory), "-m", mode, "-w", "stop",
-                          check=False)
+                self._run(
+                    "pg_ctl", "-D", str(self.data_directory), "-m", mode, "-w", "stop", check=False
+                )
         finally:
             shutil.rmtree(self.directory, ignore_errors=True)
             self.directory = None
@@ -113,8 +118,18 @@ class EmbeddedPostgres:
             "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
             "-c shared_buffers=32MB"
         )
-        self._run("pg_ctl", "-D", str(self.data_directory), "-w", "-t", "60", "-o", options,
-                  *extra, action)
+        self._run(
+            "pg_ctl",
+            "-D",
+            str(self.data_directory),
+            "-w",
+            "-t",
+            "60",
+            "-o",
+            options,
+            *extra,
+            action,
+        )
 
     def _prepare_for_root(self) -> None:
         if os.geteuid() != 0:
@@ -198,12 +213,16 @@ async def control_connection(url: URL, timeout: float = 10.0) -> Any:
             timeout=timeout,
             server_settings={"application_name": "loadsim-control"},
         )
-    except (OSError, asyncio.TimeoutError) as error:
-        raise DatabaseUnavailable(f"cannot reach the database at {where}: {_reason(error)}") from None
+    except (OSError, TimeoutError) as error:
+        raise DatabaseUnavailable(
+            f"cannot reach the database at {where}: {_reason(error)}"
+        ) from None
     except asyncpg.PostgresError as error:
         raise DatabaseUnavailable(f"the database at {where} refused us: {_reason(error)}") from None
     except asyncpg.InterfaceError as error:
-        raise DatabaseUnavailable(f"cannot talk to the database at {where}: {_reason(error)}") from None
+        raise DatabaseUnavailable(
+            f"cannot talk to the database at {where}: {_reason(error)}"
+        ) from None
 
 
 async def server_info(connection: Any) -> ServerInfo:
@@ -228,6 +247,6 @@ async def sessions_by_state(connection: Any, application_name: str) -> dict[str,
 
 def _reason(error: BaseException) -> str:
     text = str(error).strip().splitlines()
-    if isinstance(error, asyncio.TimeoutError) or not text:
-        return "timed out" if isinstance(error, asyncio.TimeoutError) else type(error).__name__
+    if isinstance(error, TimeoutError) or not text:
+        return "timed out" if isinstance(error, TimeoutError) else type(error).__name__
     return text[0]

@@ -14,6 +14,7 @@ from sqlalchemy.pool import AsyncAdaptedQueuePool, NullPool
 from loadsim.errors import ScenarioError
 from loadsim.scenario import PoolConfig
 
+_RESET_ON_RETURN: dict[str, str | None] = {"rollback": "rollback", "commit": "commit", "none": None}
 _ACCEPTED_SCHEMES = ("postgresql", "postgres", "postgresql+asyncpg")
 
 
@@ -58,10 +59,8 @@ def mask_url_text(raw: str) -> str:
 def create_engine(url: URL, pool: PoolConfig, run_id: str) -> AsyncEngine:
     options: dict[str, Any] = {
         "pool_pre_ping": pool.pool_pre_ping,
-        "pool_recycle": int(pool.pool_recycle) if pool.pool_recycle == -1 else pool.pool_recycle,
-        "pool_reset_on_return": None if pool.pool_reset_on_return == "none" else (
-            pool.pool_reset_on_return
-        ),
+        "pool_recycle": pool.pool_recycle,
+        "pool_reset_on_return": _RESET_ON_RETURN[pool.pool_reset_on_return],
         "echo_pool": pool.echo_pool,
         "connect_args": {"server_settings": {"application_name": application_name(run_id)}},
     }

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, MutableMapping
 from typing import IO, Any, Literal
 
 import orjson
@@ -119,12 +119,12 @@ class EventLog:
     def flush(self) -> None:
         self.sink.flush()
 
-    def _stamp(self, _logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    def _stamp(
+        self, _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+    ) -> Mapping[str, Any]:
         now = time.perf_counter()
         ordered: dict[str, Any] = {
-            "ts": dt.datetime.now(dt.UTC).isoformat(timespec="microseconds").replace(
-                "+00:00", "Z"
-            ),
+            "ts": dt.datetime.now(dt.UTC).isoformat(timespec="microseconds").replace("+00:00", "Z"),
             "t": round(now - self.started, 6),
         }
         for key in _LEADING_KEYS[2:]:

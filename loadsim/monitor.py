@@ -194,11 +194,11 @@ class PoolMonitor:
             return "disposed"
         pool = self.pool
         started = getattr(record, "starttime", None)
-        recycle = pool._recycle  # type: ignore[attr-defined]
+        recycle = pool._recycle
         if started is not None:
             if recycle > -1 and time.time() - started > recycle:
                 return "recycled"
-            if pool._invalidate_time > started:  # type: ignore[attr-defined]
+            if pool._invalidate_time > started:
                 return "pool_invalidated"
             if getattr(record, "_soft_invalidate_time", 0) > started:
                 return "soft_invalidated"

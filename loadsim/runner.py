@@ -129,7 +129,9 @@ class Runner:
 
     async def _run_scenario(self, config: RunConfig, url: URL) -> None:
         events = EventLog(
-            self.sink, run_id=self.outcome.run_id, scenario=config.scenario,
+            self.sink,
+            run_id=self.outcome.run_id,
+            scenario=config.scenario,
             log_format=self.log_format,
         )
         control = await control_connection(url)

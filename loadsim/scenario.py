@@ -348,8 +348,9 @@ def parse_scenarios(text: str, path: Path) -> ScenarioFile:
     _check_keys(document, ("presets", "scenarios"), f"{path}", "at the top level")
     presets_table = _table(document.get("presets", {}), f"{path}: [presets]")
     presets = {
-        name: MappingProxyType(_parse_pool(_table(body, f"{path}: [presets.{name}]"),
-                                           f"{path}: [presets.{name}]"))
+        name: MappingProxyType(
+            _parse_pool(_table(body, f"{path}: [presets.{name}]"), f"{path}: [presets.{name}]")
+        )
         for name, body in presets_table.items()
     }
     scenarios_table = _table(document.get("scenarios", {}), f"{path}: [scenarios]")

@@ -16,8 +16,8 @@ from dotenv import dotenv_values
 from loadsim.errors import ScenarioError
 from loadsim.scenario import (
     POOL_KEYS,
-    PoolConfig,
     WORKLOAD_KEYS,
+    PoolConfig,
     Scenario,
     ScenarioFile,
     Workload,

@@ -73,7 +73,10 @@ class ClientFleet:
     async def _loop(self, client: int, start_delay: float) -> None:
         current_client.set(client)
         workload, events, monitor, measured = (
-            self.workload, self.events, self.monitor, self.measured
+            self.workload,
+            self.events,
+            self.monitor,
+            self.measured,
         )
         states = self.states
         rng = self.rng_for(client)
@@ -105,8 +108,9 @@ class ClientFleet:
                     measured.wait_ms.add(wait_ms)
                     measured.checkouts_per_client[client] += 1
                     conn = monitor.last_checkout.get(client)
-                    events.emit("client.acquired", client=client, conn=conn,
-                                wait_ms=round(wait_ms, 3))
+                    events.emit(
+                        "client.acquired", client=client, conn=conn, wait_ms=round(wait_ms, 3)
+                    )
                     parameters = {"hold": hold} if self._binds_hold else {}
                     await connection.execute(self._statement, parameters)
                 released = time.perf_counter()

@@ -1,0 +1,85 @@
+"""Test fixtures: a real PostgreSQL for the whole session, and a way to run the real command.
+
+The server is the embedded one (started once for the session) unless LOADSIM_TEST_DATABASE_URL
+names another, e.g. postgresql://postgres@127.0.0.1:5432/test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from loadsim.database import EmbeddedPostgres
+from loadsim.settings import ENVIRONMENT_VARIABLES
+
+REPOSITORY = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def database_url() -> Iterator[str]:
+    """A URL of a real PostgreSQL server for the tests."""
+    external = os.environ.get("LOADSIM_TEST_DATABASE_URL")
+    if external:
+        yield external
+        return
+    with EmbeddedPostgres(max_connections=300) as server:
+        yield server.url.render_as_string(hide_password=False)
+
+
+def clean_environment(**extra: str) -> dict[str, str]:
+    """The process environment without any variable loadsim reads, plus `extra`."""
+    environment = {
+        key: value for key, value in os.environ.items() if key not in ENVIRONMENT_VARIABLES
+    }
+    environment.update(extra)
+    return environment
+
+
+RunLoadsim = Callable[..., subprocess.CompletedProcess[str]]
+
+
+@pytest.fixture
+def loadsim(tmp_path: Path) -> RunLoadsim:
+    """Runs `python -m loadsim ARGS` as a subprocess in an empty directory (no stray .env)."""
+
+    def run(
+        *arguments: str,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+        timeout: float = 120,
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "loadsim", *arguments],
+            capture_output=True,
+            text=True,
+            env=clean_environment(**(env or {})),
+            cwd=cwd or tmp_path,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
+
+    return run
+
+
+def parse_events(stdout: str) -> list[dict[str, Any]]:
+    """Every line of a run's stdout as JSON; fails the test on any line that is not."""
+    events = []
+    for number, line in enumerate(stdout.splitlines(), start=1):
+        try:
+            events.append(json.loads(line))
+        except json.JSONDecodeError:
+            pytest.fail(f"stdout line {number} is not JSON: {line[:200]!r}")
+    return events
+
+
+def write_scenarios(directory: Path, text: str, name: str = "scenarios.toml") -> Path:
+    path = directory / name
+    path.write_text(text, encoding="utf-8")
+    return path

@@ -1,0 +1,270 @@
+"""`loadsim run` end to end, as a subprocess against a real PostgreSQL: the event stream shows
+what the pool did."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from sqlalchemy.engine import make_url
+
+from loadsim.database import asyncpg_arguments
+from tests.conftest import RunLoadsim, clean_environment, parse_events, write_scenarios
+
+POOL_EVENT_COUNTS = (
+    "connections_total",
+    "connections_used",
+    "connections_idle",
+    "overflow",
+    "pending_requests",
+)
+
+
+def run_events(loadsim: RunLoadsim, *arguments: str, **options: Any) -> list[dict[str, Any]]:
+    result = loadsim("run", *arguments, **options)
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    return parse_events(result.stdout)
+
+
+def by_name(events: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
+    return [event for event in events if event["event"] == name]
+
+
+async def our_sessions(database_url: str) -> int:
+    connection = await asyncpg.connect(**asyncpg_arguments(make_url(database_url)))
+    try:
+        count: int = await connection.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'loadsim:%'"
+        )
+        return count
+    finally:
+        await connection.close()
+
+
+def test_normal_reuses_a_few_connections(loadsim: RunLoadsim, database_url: str) -> None:
+    events = run_events(loadsim, "normal", "--duration", "3s", "--database-url", database_url)
+
+    assert events[0]["event"] == "run.start"
+    assert events[0]["schema_version"] == 1
+    assert events[-1]["event"] == "run.end"
+    for event in events:
+        assert {"ts", "t", "event", "run_id", "scenario", "instance"} <= event.keys()
+        assert event["scenario"] == "normal"
+    assert [event["t"] for event in events] == sorted(event["t"] for event in events)
+
+    connects = by_name(events, "pool.connect")
+    checkouts = by_name(events, "pool.checkout")
+    assert 1 <= len(connects) <= 3  # three clients never need more than three connections
+    assert len(checkouts) >= 10 * len(connects)  # each connection is reused many times
+    # conn ids are small, stable, and carry their backend's pid on every event
+    pids = {event["conn"]: event["backend_pid"] for event in connects}
+    assert sorted(pids) == list(range(1, len(connects) + 1))
+    assert len(set(pids.values())) == len(pids)
+    for event in checkouts:
+        assert event["backend_pid"] == pids[event["conn"]]
+        assert event["client"] in {0, 1, 2}
+        assert event["overflow"] == 0
+        assert event["connections_used"] >= 1
+
+    acquired = by_name(events, "client.acquired")
+    released = by_name(events, "client.released")
+    assert len(acquired) == len(checkouts)
+    assert all(event["conn"] in pids for event in acquired)
+    assert min(event["held_ms"] for event in released) >= 19  # hold = 20ms of pg_sleep
+
+    summary = events[-1]["summary"]
+    assert summary["checkouts"] == len(checkouts)
+    assert summary["connects"] == len(connects)
+    assert summary["timeouts"] == summary["errors"] == 0
+    assert summary["interrupted"] is False
+    # The pool's count and the server's own (pg_stat_activity) agree at the end of the run.
+    assert summary["pool_state"]["connections_total"] == sum(summary["server_sessions"].values())
+    assert summary["server_sessions"].get("idle", 0) == summary["pool_state"]["connections_idle"]
+    # ... and after it, the engine is disposed: no session of ours is left on the server.
+    assert asyncio.run(our_sessions(database_url)) == 0
+
+
+def test_overflow_connections_are_closed_when_returned(
+    loadsim: RunLoadsim, database_url: str, tmp_path: Path
+) -> None:
+    file = write_scenarios(
+        tmp_path,
+        """
+        [scenarios.busy]
+        clients = 8
+        duration = "3s"
+        pool = { pool_size = 2, max_overflow = 2 }
+        workload = { hold = "30ms", think = "exp(5ms)" }
+        """.replace("\n        ", "\n"),
+    )
+    events = run_events(loadsim, "busy", "--file", str(file), "--database-url", database_url)
+
+    pool_events = [event for event in events if event["event"].startswith("pool.")]
+    assert max(event["connections_total"] for event in pool_events) <= 4
+    assert max(event["overflow"] for event in pool_events) >= 1
+    assert all(event["overflow"] >= 0 for event in pool_events)
+    assert max(event["pending_requests"] for event in pool_events) >= 1
+    causes = Counter(event["cause"] for event in by_name(events, "pool.close"))
+    assert causes["overflow"] >= 1
+    assert causes["disposed"] == 2  # the pool_size connections, closed by dispose at the end
+    assert events[-1]["summary"]["max_open"] <= 4
+
+
+def test_pool_timeout_is_recorded_and_the_run_goes_on(
+    loadsim: RunLoadsim, database_url: str, tmp_path: Path
+) -> None:
+    file = write_scenarios(
+        tmp_path,
+        """
+        [scenarios.dry]
+        clients = 3
+        duration = "2s"
+        pool = { pool_size = 1, max_overflow = 0, pool_timeout = "300ms" }
+        workload = { hold = "1s" }
+        """.replace("\n        ", "\n"),
+    )
+    events = run_events(loadsim, "dry", "--file", str(file), "--database-url", database_url)
+
+    timeouts = by_name(events, "client.timeout")
+    assert timeouts
+    for event in timeouts:
+        assert "QueuePool limit of size 1 overflow 0 reached" in event["message"]
+        assert event["wait_ms"] >= 290
+        assert event["total"] == event["in_use"] == 1
+        assert event["idle"] == 0
+        assert event["waiting"] >= 1
+    assert events[-1]["summary"]["timeouts"] == len(timeouts)
+    assert len(by_name(events, "client.released")) >= 2  # clients went on after timing out
+
+
+def test_null_pool_opens_a_connection_per_checkout(
+    loadsim: RunLoadsim, database_url: str, tmp_path: Path
+) -> None:
+    file = write_scenarios(
+        tmp_path,
+        """
+        [scenarios.unpooled]
+        clients = 2
+        iterations = 5
+        pool = { pool_class = "null" }
+        workload = { hold = "1ms" }
+        """.replace("\n        ", "\n"),
+    )
+    events = run_events(loadsim, "unpooled", "--file", str(file), "--database-url", database_url)
+
+    assert len(by_name(events, "client.acquired")) == 10  # 2 clients x 5 iterations
+    assert len(by_name(events, "pool.connect")) == 10
+    closes = by_name(events, "pool.close")
+    assert len(closes) == 10
+    assert {event["cause"] for event in closes} == {"returned"}
+    assert events[0]["pool"]["pool_class"] == "null"
+
+
+def test_iterations_and_output_file(
+    loadsim: RunLoadsim, database_url: str, tmp_path: Path
+) -> None:
+    output = tmp_path / "run.jsonl"
+    result = loadsim(
+        "run", "normal", "--iterations", "4", "--database-url", database_url,
+        "--output", str(output),
+    )
+    assert result.returncode == 0, result.stderr
+    events = parse_events(result.stdout)
+    assert events[-1]["summary"]["checkouts"] == 12  # 3 clients x 4
+    assert events[0]["workload"]["duration_s"] is None
+    assert output.read_text() == result.stdout
+    assert "checkouts" in result.stderr  # the summary table is for people, on stderr
+
+
+def test_environment_and_dotenv_sit_between_flags_and_scenario(
+    loadsim: RunLoadsim, database_url: str, tmp_path: Path
+) -> None:
+    (tmp_path / ".env").write_text(f"POOL_SIZE=4\nDATABASE_URL={database_url}\n")
+    start = run_events(loadsim, "normal", "--iterations", "1")[0]
+    assert start["pool"]["pool_size"] == 4
+    assert start["sources"]["pool_size"] == "environment"
+
+    start = run_events(loadsim, "normal", "--iterations", "1", env={"POOL_SIZE": "3"})[0]
+    assert start["pool"]["pool_size"] == 3  # the real environment beats .env
+
+    start = run_events(loadsim, "normal", "--iterations", "1", "--pool-size", "2")[0]
+    assert start["pool"]["pool_size"] == 2
+    assert start["sources"]["pool_size"] == "flag"
+
+
+def test_ten_thousand_clients_in_one_process(loadsim: RunLoadsim, database_url: str) -> None:
+    events = run_events(
+        loadsim, "normal", "--clients", "10000", "--duration", "3s",
+        "--database-url", database_url, timeout=180,
+    )
+    summary = events[-1]["summary"]
+    assert summary["clients"] == 10000
+    assert summary["checkouts"] > 100
+    assert summary["errors"] == 0
+    assert summary["max_open"] <= 15  # pool_size 5 + max_overflow 10
+    assert summary["max_pending_requests"] > 5000
+
+
+def test_console_format_is_for_people(loadsim: RunLoadsim, database_url: str) -> None:
+    result = loadsim(
+        "run", "normal", "--iterations", "2", "--log-format", "console",
+        "--database-url", database_url,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "pool.checkout" in result.stdout
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(result.stdout.splitlines()[0])
+
+
+def _leftover_embedded_servers() -> list[str]:
+    listing = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    return [line for line in listing.splitlines() if "loadsim-pg-" in line]
+
+
+def test_embedded_server_is_started_and_stopped(tmp_path: Path) -> None:
+    before = _leftover_embedded_servers()
+    result = subprocess.run(
+        [sys.executable, "-m", "loadsim", "run", "normal", "--iterations", "3"],
+        capture_output=True, text=True, env=clean_environment(), cwd=tmp_path, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    events = parse_events(result.stdout)
+    assert events[0]["database"] == "embedded"
+    assert events[0]["server_version"].startswith("18")
+    assert events[-1]["summary"]["checkouts"] == 9
+    assert _leftover_embedded_servers() == before
+
+
+def test_ctrl_c_ends_the_run_cleanly(tmp_path: Path) -> None:
+    before = _leftover_embedded_servers()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "loadsim", "run", "normal", "--clients", "2000",
+         "--duration", "60s"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=clean_environment(), cwd=tmp_path,
+    )
+    assert process.stdout is not None
+    first = process.stdout.readline()  # run.start: the server is up and clients are starting
+    assert json.loads(first)["event"] == "run.start"
+    time.sleep(1)
+    process.send_signal(signal.SIGINT)
+    stopped = time.monotonic()
+    rest, stderr = process.communicate(timeout=30)
+    assert time.monotonic() - stopped < 10
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    events = parse_events(first + rest)
+    assert events[-1]["event"] == "run.end"
+    assert events[-1]["summary"]["interrupted"] is True
+    assert events[-1]["summary"]["signal"] == "SIGINT"
+    assert _leftover_embedded_servers() == before
