@@ -28,11 +28,17 @@ app = typer.Typer(
         "With no DATABASE_URL, each run starts its own embedded PostgreSQL.\n\n"
         "Example: loadsim run normal | jq -c 'select(.event==\"pool.checkout\")'"
     ),
-    no_args_is_help=True,
+    invoke_without_command=True,
     add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
+
+
+@app.callback()
+def _overview(context: typer.Context) -> None:
+    if context.invoked_subcommand is None:
+        print(context.get_help())
 
 
 class LogFormat(enum.StrEnum):
@@ -274,13 +280,20 @@ def _silence_stdout() -> None:
     os.close(devnull)
 
 
-def _fail(error: LoadsimError) -> NoReturn:
-    print(f"loadsim: error: {error}", file=sys.stderr)
-    sys.exit(error.exit_code)
+def _fail(message: str, exit_code: int) -> NoReturn:
+    print(f"loadsim: error: {message}", file=sys.stderr)
+    sys.exit(exit_code)
 
 
 def main() -> None:
     try:
-        app()
+        exit_code = app(standalone_mode=False)
     except LoadsimError as error:
-        _fail(error)
+        _fail(str(error), error.exit_code)
+    except typer.TyperException as error:  # usage errors: bad flags, bad values
+        context = getattr(error, "ctx", None)
+        command = context.command_path if context is not None else "loadsim"
+        _fail(f"{error.format_message()} (see '{command} --help')", error.exit_code)
+    except typer.Abort:
+        _fail("aborted", 130)
+    sys.exit(exit_code if isinstance(exit_code, int) else 0)

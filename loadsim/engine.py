@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from typing import Any
 
@@ -41,19 +42,24 @@ def parse_database_url(raw: str) -> URL:
 
 
 def mask_url(url: URL) -> str:
-    return url.render_as_string(hide_password=True)
+    return mask_url_text(url.render_as_string(hide_password=True))
+
+
+_QUERY_PASSWORD = re.compile(r"(?i)([?&]password=)[^&#]*")
 
 
 def mask_url_text(raw: str) -> str:
-    """Masks the password of a URL that may not even parse."""
-    scheme, separator, rest = raw.partition("://")
+    """Masks the password of a URL, even one that does not parse: in the user:password@
+    part and in a `password=` query parameter."""
+    text = _QUERY_PASSWORD.sub(r"\1***", raw)
+    scheme, separator, rest = text.partition("://")
     if not separator:
-        return raw
-    credentials, at, host = rest.rpartition("@")
-    if not at or ":" not in credentials:
-        return raw
-    user = credentials.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{host}"
+        scheme, rest = "", text
+    base, question, query = rest.partition("?")
+    credentials, at, host = base.rpartition("@")
+    if at and ":" in credentials:
+        base = f"{credentials.split(':', 1)[0]}:***@{host}"
+    return f"{scheme}{separator}{base}{question}{query}"
 
 
 def create_engine(url: URL, pool: PoolConfig, run_id: str) -> AsyncEngine:

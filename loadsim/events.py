@@ -43,6 +43,14 @@ CLIENT_EVENTS = frozenset(
 RUN_EVENTS = frozenset({"run.start", "run.end", "run.warning"})
 EVENT_NAMES = POOL_EVENTS | CLIENT_EVENTS | RUN_EVENTS
 
+#: Events that report a problem; LOG_LEVEL=warning keeps only these (and run.start/run.end).
+WARNING_EVENTS = frozenset(
+    {"client.timeout", "client.error", "pool.invalidate", "pool.soft_invalidate", "run.warning"}
+)
+#: Events that report a failure; LOG_LEVEL=error keeps only these (and run.start/run.end).
+ERROR_EVENTS = frozenset({"client.error"})
+LEVELS = ("debug", "info", "warning", "error")
+
 LogFormat = Literal["json", "console"]
 
 _LEADING_KEYS = ("ts", "t", "event", "run_id", "scenario", "instance")
@@ -92,9 +100,11 @@ class EventLog:
         scenario: str,
         instance: int = 0,
         log_format: LogFormat = "json",
+        level: str = "info",
         started: float | None = None,
     ) -> None:
         self.sink = sink
+        self._wanted = _wanted_events(level)
         self.started = time.perf_counter() if started is None else started
         renderer: Any = (
             structlog.dev.ConsoleRenderer(colors=True, sort_keys=False)
@@ -112,8 +122,10 @@ class EventLog:
         return time.perf_counter() - self.started
 
     def emit(self, event: str, **fields: Any) -> None:
-        if event not in EVENT_NAMES:
-            raise ValueError(f"unknown event name {event!r}")  # a bug, not a user error
+        if event not in self._wanted:
+            if event not in EVENT_NAMES:
+                raise ValueError(f"unknown event name {event!r}")  # a bug, not a user error
+            return
         self._logger.info(event, **fields)
 
     def flush(self) -> None:
@@ -131,6 +143,15 @@ class EventLog:
             ordered[key] = event_dict.pop(key, None)
         ordered.update(event_dict)
         return ordered
+
+
+def _wanted_events(level: str) -> frozenset[str]:
+    """The events written at a LOG_LEVEL: everything at debug and info, problems above."""
+    if level == "warning":
+        return WARNING_EVENTS | {"run.start", "run.end"}
+    if level == "error":
+        return ERROR_EVENTS | {"run.start", "run.end"}
+    return EVENT_NAMES
 
 
 def _dumps(value: Any, **_: Any) -> bytes:

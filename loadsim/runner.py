@@ -133,6 +133,7 @@ class Runner:
             run_id=self.outcome.run_id,
             scenario=config.scenario,
             log_format=self.log_format,
+            level=config.log_level,
         )
         control = await control_connection(url)
         try:

@@ -34,7 +34,7 @@ def parse_duration(value: object) -> float:
     if isinstance(value, int | float):
         seconds = float(value)
     elif isinstance(value, str):
-        text = value.strip().lower()
+        text = "".join(value.split()).lower()
         try:
             seconds = float(text)
         except ValueError:
@@ -367,6 +367,13 @@ def parse_scenarios(text: str, path: Path) -> ScenarioFile:
 
 def _parse_scenario(name: str, body: Mapping[str, Any], path: Path) -> Scenario:
     where = f"{path}: scenario {name!r}"
+    for key in body:
+        if key in POOL_KEYS:
+            raise ScenarioError(
+                f"{where}: key {key!r} is a pool setting: put it under [scenarios.{name}.pool]"
+            )
+        if key in _WORKLOAD_TABLE_KEYS:
+            raise ScenarioError(f"{where}: key {key!r} belongs under [scenarios.{name}.workload]")
     _check_keys(body, _SCENARIO_KEYS, where, "")
     description = body.get("description", "")
     if not isinstance(description, str):
@@ -384,6 +391,8 @@ def _parse_scenario(name: str, body: Mapping[str, Any], path: Path) -> Scenario:
     for key, parse in _WORKLOAD_TABLE_KEYS.items():
         if key in workload_table:
             values[key] = _parse_value(parse, workload_table[key], f"{where} [workload]", key)
+    if "iterations" in values and "duration" not in values:
+        values["duration"] = None  # this many checkouts, however long they take
     workload = Workload(**values)
     check_workload(workload, where)
 

@@ -14,6 +14,7 @@ from typing import Any
 from dotenv import dotenv_values
 
 from loadsim.errors import ScenarioError
+from loadsim.events import LEVELS as LOG_LEVELS
 from loadsim.scenario import (
     POOL_KEYS,
     WORKLOAD_KEYS,
@@ -36,7 +37,6 @@ POOL_ENVIRONMENT = MappingProxyType(
     }
 )
 ENVIRONMENT_VARIABLES = ("DATABASE_URL", *POOL_ENVIRONMENT, "LOG_LEVEL")
-LOG_LEVELS = ("debug", "info", "warning", "error")
 
 #: Flags whose option name is not simply the setting's name with dashes.
 FLAG_NAMES = MappingProxyType({"pool_pre_ping": "--pre-ping"})
@@ -142,6 +142,7 @@ def resolve(
     if flags.iterations is not None and flags.duration is None:
         # --iterations alone means "this many, however long it takes".
         workload = replace(workload, duration=None)
+        sources["duration"] = FLAG
     check_workload(workload, f"scenario {scenario.name!r}")
     for key in ("ramp_up", "hold", "think", "query"):
         sources[key] = "scenario" if key in scenario.workload_keys else DEFAULT

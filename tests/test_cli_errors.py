@@ -69,7 +69,7 @@ def scenario_text(*, scenario: str = "", pool: str = "") -> str:
         f"{scenario}\n"
         "\n"
         "[scenarios.x.pool]\n"
-        "max_overflow = 1\n"
+        "pool_pre_ping = true\n"
         f"{pool}\n"
     )
 
@@ -211,7 +211,7 @@ def test_unreachable_server_fails_fast_and_masks_the_password(loadsim: RunLoadsi
     started = time.monotonic()
     result = loadsim("run", "--database-url", UNREACHABLE_URL, timeout=30)
     elapsed = time.monotonic() - started
-    assert_user_error(result, DATABASE_UNAVAILABLE, "127.0.0.1", "***")
+    assert_user_error(result, DATABASE_UNAVAILABLE, "cannot reach", "127.0.0.1", "someone:***@")
     assert_hidden(result)
     assert elapsed < 8, f"took {elapsed:.1f}s to give up on a closed port"
 
@@ -219,7 +219,7 @@ def test_unreachable_server_fails_fast_and_masks_the_password(loadsim: RunLoadsi
 def test_role_that_does_not_exist_is_refused(loadsim: RunLoadsim, database_url: str) -> None:
     url = make_url(database_url).set(username="no_such_role_xyz", password=SECRET)
     result = loadsim("run", "--database-url", url.render_as_string(hide_password=False), timeout=60)
-    assert_user_error(result, DATABASE_UNAVAILABLE, "no_such_role_xyz")
+    assert_user_error(result, DATABASE_UNAVAILABLE, "refused us", "no_such_role_xyz")
     assert_hidden(result)
 
 
@@ -228,7 +228,7 @@ def test_database_that_does_not_exist_is_refused(loadsim: RunLoadsim, database_u
     secret = server.password or SECRET
     url = server.set(database="no_such_database_xyz", password=secret)
     result = loadsim("run", "--database-url", url.render_as_string(hide_password=False), timeout=60)
-    assert_user_error(result, DATABASE_UNAVAILABLE, "no_such_database_xyz")
+    assert_user_error(result, DATABASE_UNAVAILABLE, "refused us", "no_such_database_xyz")
     assert_hidden(result, secret)
 
 
@@ -295,3 +295,30 @@ def test_run_help(loadsim: RunLoadsim) -> None:
     assert_ok(result)
     assert "--pool-size" in result.stdout
     assert "--duration" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"postgresql://someone@127.0.0.1:1/db?password={SECRET}",
+        f"someone:{SECRET}@127.0.0.1:1/db",
+    ],
+)
+def test_show_masks_passwords_in_any_url_shape(loadsim: RunLoadsim, url: str) -> None:
+    result = loadsim("show", "normal", "--database-url", url)
+    assert_hidden(result)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "detail"),
+    [
+        (("run", "--pool-size", "abc"), "--pool-size"),
+        (("run", "--log-format", "xml"), "--log-format"),
+        (("frobnicate",), "frobnicate"),
+        (("show",), "Missing argument"),
+    ],
+)
+def test_usage_errors_are_one_line(
+    loadsim: RunLoadsim, arguments: tuple[str, ...], detail: str
+) -> None:
+    assert_user_error(loadsim(*arguments), SCENARIO_ERROR, detail)

@@ -147,6 +147,32 @@ def test_pool_timeout_is_recorded_and_the_run_goes_on(
     assert len(by_name(events, "client.released")) >= 2  # clients went on after timing out
 
 
+def test_log_level_warning_keeps_only_problems(
+    loadsim: RunLoadsim, database_url: str, tmp_path: Path
+) -> None:
+    file = write_scenarios(
+        tmp_path,
+        """
+        [scenarios.dry]
+        clients = 2
+        iterations = 1
+        pool = { pool_size = 1, max_overflow = 0, pool_timeout = "200ms" }
+        workload = { hold = "600ms" }
+        """.replace("\n        ", "\n"),
+    )
+    events = run_events(
+        loadsim,
+        "dry",
+        "--file",
+        str(file),
+        "--database-url",
+        database_url,
+        env={"LOG_LEVEL": "warning"},
+    )
+    assert [event["event"] for event in events] == ["run.start", "client.timeout", "run.end"]
+    assert events[-1]["summary"]["checkouts"] == 1  # metrics still count what was not written
+
+
 def test_null_pool_opens_a_connection_per_checkout(
     loadsim: RunLoadsim, database_url: str, tmp_path: Path
 ) -> None:
@@ -170,13 +196,17 @@ def test_null_pool_opens_a_connection_per_checkout(
     assert events[0]["pool"]["pool_class"] == "null"
 
 
-def test_iterations_and_output_file(
-    loadsim: RunLoadsim, database_url: str, tmp_path: Path
-) -> None:
+def test_iterations_and_output_file(loadsim: RunLoadsim, database_url: str, tmp_path: Path) -> None:
     output = tmp_path / "run.jsonl"
     result = loadsim(
-        "run", "normal", "--iterations", "4", "--database-url", database_url,
-        "--output", str(output),
+        "run",
+        "normal",
+        "--iterations",
+        "4",
+        "--database-url",
+        database_url,
+        "--output",
+        str(output),
     )
     assert result.returncode == 0, result.stderr
     events = parse_events(result.stdout)
@@ -204,8 +234,15 @@ def test_environment_and_dotenv_sit_between_flags_and_scenario(
 
 def test_ten_thousand_clients_in_one_process(loadsim: RunLoadsim, database_url: str) -> None:
     events = run_events(
-        loadsim, "normal", "--clients", "10000", "--duration", "3s",
-        "--database-url", database_url, timeout=180,
+        loadsim,
+        "normal",
+        "--clients",
+        "10000",
+        "--duration",
+        "3s",
+        "--database-url",
+        database_url,
+        timeout=180,
     )
     summary = events[-1]["summary"]
     assert summary["clients"] == 10000
@@ -217,8 +254,14 @@ def test_ten_thousand_clients_in_one_process(loadsim: RunLoadsim, database_url: 
 
 def test_console_format_is_for_people(loadsim: RunLoadsim, database_url: str) -> None:
     result = loadsim(
-        "run", "normal", "--iterations", "2", "--log-format", "console",
-        "--database-url", database_url,
+        "run",
+        "normal",
+        "--iterations",
+        "2",
+        "--log-format",
+        "console",
+        "--database-url",
+        database_url,
     )
     assert result.returncode == 0, result.stderr
     assert "pool.checkout" in result.stdout
@@ -235,7 +278,11 @@ def test_embedded_server_is_started_and_stopped(tmp_path: Path) -> None:
     before = _leftover_embedded_servers()
     result = subprocess.run(
         [sys.executable, "-m", "loadsim", "run", "normal", "--iterations", "3"],
-        capture_output=True, text=True, env=clean_environment(), cwd=tmp_path, timeout=120,
+        capture_output=True,
+        text=True,
+        env=clean_environment(),
+        cwd=tmp_path,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     events = parse_events(result.stdout)
@@ -248,10 +295,22 @@ def test_embedded_server_is_started_and_stopped(tmp_path: Path) -> None:
 def test_ctrl_c_ends_the_run_cleanly(tmp_path: Path) -> None:
     before = _leftover_embedded_servers()
     process = subprocess.Popen(
-        [sys.executable, "-m", "loadsim", "run", "normal", "--clients", "2000",
-         "--duration", "60s"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env=clean_environment(), cwd=tmp_path,
+        [
+            sys.executable,
+            "-m",
+            "loadsim",
+            "run",
+            "normal",
+            "--clients",
+            "2000",
+            "--duration",
+            "60s",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=clean_environment(),
+        cwd=tmp_path,
     )
     assert process.stdout is not None
     first = process.stdout.readline()  # run.start: the server is up and clients are starting
