@@ -86,7 +86,8 @@ class EmbeddedPostgres:
 
     def restart(self) -> None:
         """A real fast restart: every session is terminated, the server comes back."""
-        self._pg_ctl("restart", "-m", "fast")
+        assert self.directory is not None
+        self._pg_ctl("restart", "-m", "fast", "-l", str(self.directory / "server.log"))
 
     def stop(self, mode: str = "fast") -> None:
         if self.directory is None:
@@ -242,7 +243,58 @@ async def sessions_by_state(connection: Any, application_name: str) -> dict[str,
         " WHERE application_name = $1 GROUP BY 1",
         application_name,
     )
-    return {row["state"]: row["n"] for row in rows}
+    return {row["state"].replace(" ", "_"): row["n"] for row in rows}
+
+
+async def terminate_sessions(connection: Any, application_name: str, which: str = "all") -> int:
+    """pg_terminate_backend on our sessions (`idle` ones only, or `all`); how many."""
+    count: int = await connection.fetchval(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+        " WHERE application_name = $1 AND ($2 = 'all' OR state = 'idle')",
+        application_name,
+        which,
+    )
+    return count
+
+
+async def missing_settings(connection: Any, names: list[str]) -> list[str]:
+    """The server settings among `names` that this server does not have."""
+    rows = await connection.fetch("SELECT name FROM pg_settings WHERE name = any($1)", names)
+    present = {row["name"] for row in rows}
+    return [name for name in names if name not in present]
+
+
+class ServerObserver:
+    """Our own connection to the server, outside the pool, for questions about our sessions.
+
+    It survives a server restart: a broken connection is dropped and opened again on the next
+    question, and a question the server cannot answer right now gets None.
+    """
+
+    def __init__(self, url: URL) -> None:
+        self.url = url
+        self._connection: Any = None
+
+    async def open(self) -> Any:
+        """Connects, raising DatabaseUnavailable when the server is not there or refuses us."""
+        if self._connection is None or self._connection.is_closed():
+            self._connection = await control_connection(self.url)
+        return self._connection
+
+    async def sessions(self, application_name: str) -> dict[str, int] | None:
+        try:
+            return await sessions_by_state(await self.open(), application_name)
+        except (DatabaseUnavailable, asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+            await self.close()
+            return None
+
+    async def close(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None and not connection.is_closed():
+            try:
+                await connection.close(timeout=2)
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError):
+                connection.terminate()
 
 
 def _reason(error: BaseException) -> str:

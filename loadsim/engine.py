@@ -62,13 +62,18 @@ def mask_url_text(raw: str) -> str:
     return f"{scheme}{separator}{base}{question}{query}"
 
 
-def create_engine(url: URL, pool: PoolConfig, run_id: str) -> AsyncEngine:
+def create_engine(
+    url: URL, pool: PoolConfig, run_id: str, session_settings: dict[str, str] | None = None
+) -> AsyncEngine:
+    """The engine under test. `session_settings` are server settings for each session it
+    opens, beside its application_name."""
+    server_settings = {"application_name": application_name(run_id), **(session_settings or {})}
     options: dict[str, Any] = {
         "pool_pre_ping": pool.pool_pre_ping,
         "pool_recycle": pool.pool_recycle,
         "pool_reset_on_return": _RESET_ON_RETURN[pool.pool_reset_on_return],
         "echo_pool": pool.echo_pool,
-        "connect_args": {"server_settings": {"application_name": application_name(run_id)}},
+        "connect_args": {"server_settings": server_settings},
     }
     if pool.pool_class == "null":
         options["poolclass"] = NullPool

@@ -38,14 +38,37 @@ CLIENT_EVENTS = frozenset(
         "client.released",  # gave it back, after held_ms
         "client.timeout",  # the pool's TimeoutError
         "client.error",  # a connect or query error
+        "client.cancelled",  # its task was cancelled while it held a connection
     }
 )
+MONITOR_EVENTS = frozenset(
+    {
+        "monitor.stats",  # a periodic snapshot: the pool, the window's rates, the server's view
+        "monitor.leak_suspected",  # a checkout held past the leak threshold
+        "monitor.leak_reclaimed",  # ... taken back (invalidated) past leak_reclaim
+        "monitor.leak_returned",  # ... returned after all, late
+        "monitor.leak_collected",  # ... garbage-collected while checked out
+    }
+)
+FAULT_EVENTS = frozenset({"fault.restart", "fault.terminate"})
 RUN_EVENTS = frozenset({"run.start", "run.end", "run.warning"})
-EVENT_NAMES = POOL_EVENTS | CLIENT_EVENTS | RUN_EVENTS
+EVENT_NAMES = POOL_EVENTS | CLIENT_EVENTS | MONITOR_EVENTS | FAULT_EVENTS | RUN_EVENTS
 
 #: Events that report a problem; LOG_LEVEL=warning keeps only these (and run.start/run.end).
 WARNING_EVENTS = frozenset(
-    {"client.timeout", "client.error", "pool.invalidate", "pool.soft_invalidate", "run.warning"}
+    {
+        "client.timeout",
+        "client.error",
+        "client.cancelled",
+        "pool.invalidate",
+        "pool.soft_invalidate",
+        "monitor.leak_suspected",
+        "monitor.leak_reclaimed",
+        "monitor.leak_returned",
+        "monitor.leak_collected",
+        "run.warning",
+        *FAULT_EVENTS,
+    }
 )
 #: Events that report a failure; LOG_LEVEL=error keeps only these (and run.start/run.end).
 ERROR_EVENTS = frozenset({"client.error"})

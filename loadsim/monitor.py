@@ -7,16 +7,23 @@ is visible here. Each DBAPI connection gets a small stable id (`conn`) for the r
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
+import os
+import sys
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
+import greenlet
+import sqlalchemy
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import ConnectionPoolEntry, Pool, QueuePool
 
 from loadsim.events import EventLog
+from loadsim.scenario import MonitorSettings
 
 #: The client (an integer id) on whose behalf the current task uses the pool.
 current_client: contextvars.ContextVar[int | None] = contextvars.ContextVar(
@@ -38,13 +45,39 @@ class PoolCounters:
     waiting: int = 0
     max_waiting: int = 0
     connect_time_total_ms: float = 0.0
+    leaks: int = 0
+    reclaimed: int = 0
+    collected: int = 0
+
+
+@dataclass(slots=True)
+class Checkout:
+    """A connection out of the pool: who has it, since when, and (with leak detection on) a
+    weak reference to SQLAlchemy's proxy, to reclaim it, and where it was taken."""
+
+    conn: int | None
+    client: int | None
+    since: float
+    proxy: weakref.ref[Any] | None = None
+    acquired_at: list[str] | None = None
+    suspected: bool = False
+    reclaimed: bool = False
 
 
 class PoolMonitor:
-    """Listens to one engine's pool and emits a `pool.*` event per SQLAlchemy pool event."""
+    """Listens to one engine's pool and emits a `pool.*` event per SQLAlchemy pool event.
 
-    def __init__(self, engine: AsyncEngine, events: EventLog) -> None:
+    It also knows every checkout in progress, which is how it finds leaks: a checkout held
+    past `leak_threshold` is reported, and one held past `leak_reclaim` is taken back
+    (invalidated, so the pool opens a fresh connection in its place).
+    """
+
+    def __init__(
+        self, engine: AsyncEngine, events: EventLog, settings: MonitorSettings | None = None
+    ) -> None:
         self.engine = engine
+        self.settings = settings or MonitorSettings()
+        self._tracks_leaks = self.settings.leak_threshold is not None
         self.pool: Pool = engine.sync_engine.pool
         self.events = events
         self.counters = PoolCounters()
@@ -55,6 +88,7 @@ class PoolMonitor:
         self._open = 0  # connections open now, counted from events (any pool class)
         self._used = 0  # connections checked out now
         self._queue_pool = isinstance(self.pool, QueuePool)
+        self._checkouts: dict[int, Checkout] = {}  # id(connection record) → checkout
         #: client → the conn it checked out most recently
         self.last_checkout: dict[int, int] = {}
         self._connect_started: dict[int | None, float] = {}  # client → when it began connecting
@@ -105,6 +139,39 @@ class PoolMonitor:
 
     def open_connections(self) -> int:
         return self._open
+
+    def check_leaks(self) -> None:
+        """Reports checkouts held past the threshold, and reclaims those held past reclaim."""
+        threshold, reclaim = self.settings.leak_threshold, self.settings.leak_reclaim
+        if threshold is None:
+            return
+        now = time.perf_counter()
+        for checkout in list(self._checkouts.values()):
+            held = now - checkout.since
+            if not checkout.suspected and held >= threshold:
+                checkout.suspected = True
+                self.counters.leaks += 1
+                self.events.emit(
+                    "monitor.leak_suspected",
+                    client=checkout.client,
+                    conn=checkout.conn,
+                    held_ms=round(held * 1000, 3),
+                    threshold_ms=round(threshold * 1000, 3),
+                    acquired_at=checkout.acquired_at,
+                )
+            if reclaim is not None and not checkout.reclaimed and held >= reclaim:
+                proxy = checkout.proxy() if checkout.proxy is not None else None
+                if proxy is None or not proxy.is_valid:
+                    continue
+                checkout.reclaimed = True
+                self.counters.reclaimed += 1
+                self.events.emit(
+                    "monitor.leak_reclaimed",
+                    client=checkout.client,
+                    conn=checkout.conn,
+                    held_ms=round(held * 1000, 3),
+                )
+                proxy.invalidate()  # closes it and frees its place in the pool
 
     # ------------------------------------------------------------------- listeners
 
@@ -159,20 +226,31 @@ class PoolMonitor:
         client = current_client.get()
         if client is not None and conn is not None:
             self.last_checkout[client] = conn
+        checkout = Checkout(conn, client, time.perf_counter())
+        if self._tracks_leaks:
+            checkout.proxy = weakref.ref(proxy)
+            checkout.acquired_at = _where_acquired()
+        self._checkouts[id(record)] = checkout
         self._emit("pool.checkout", conn)
 
     def _on_checkin(self, dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
-        if dbapi_connection is None:  # invalidated while checked out: already closed
-            self._used -= 1
-            self.counters.checkins += 1
-            self._emit("pool.checkin", None)
-            return
-        conn = self._ids.get(id(dbapi_connection))
         self._used -= 1
         self.counters.checkins += 1
-        if conn is not None and self._will_close_on_return():
-            self._close_cause[conn] = "overflow" if self._queue_pool else "returned"
+        checkout = self._checkouts.pop(id(record), None)
+        if dbapi_connection is None:  # invalidated while checked out: already closed
+            conn = checkout.conn if checkout is not None else None
+        else:
+            conn = self._ids.get(id(dbapi_connection))
+            if conn is not None and self._will_close_on_return():
+                self._close_cause[conn] = "overflow" if self._queue_pool else "returned"
         self._emit("pool.checkin", conn)
+        if checkout is not None and checkout.suspected and not checkout.reclaimed:
+            self.events.emit(
+                "monitor.leak_returned",
+                client=checkout.client,
+                conn=checkout.conn,
+                held_ms=_ms_since(checkout.since),
+            )
 
     def _will_close_on_return(self) -> bool:
         """Whether the pool will close the connection being returned instead of keeping it."""
@@ -212,6 +290,17 @@ class PoolMonitor:
         self.counters.detaches += 1
         self._used -= 1
         self._emit("pool.detach", self._ids.get(id(dbapi_connection)))
+        checkout = self._checkouts.pop(id(record), None)
+        if checkout is not None:
+            # loadsim never detaches on purpose: this is a checked-out connection whose holder
+            # was garbage-collected (a cancelled task that never returned it).
+            self.counters.collected += 1
+            self.events.emit(
+                "monitor.leak_collected",
+                client=checkout.client,
+                conn=checkout.conn,
+                held_ms=_ms_since(checkout.since),
+            )
 
     def _on_invalidate(
         self, dbapi_connection: Any, record: ConnectionPoolEntry, exception: BaseException | None
@@ -243,6 +332,36 @@ def _backend_pid(dbapi_connection: Any) -> int | None:
     driver = getattr(dbapi_connection, "driver_connection", None)
     get_pid = getattr(driver, "get_server_pid", None)
     return int(get_pid()) if get_pid is not None else None
+
+
+def _ms_since(since: float) -> float:
+    return round((time.perf_counter() - since) * 1000, 3)
+
+
+_ASYNCIO = os.path.dirname(asyncio.__file__)
+#: Frames from these packages are left out of `acquired_at`.
+_LIBRARY_PATHS = (
+    _ASYNCIO,
+    os.path.dirname(sqlalchemy.__file__),
+    os.path.dirname(greenlet.__file__),
+)
+
+
+def _where_acquired(limit: int = 4) -> list[str]:
+    """Where the client's code asked for the connection now being checked out, innermost
+    first. Pool listeners run in SQLAlchemy's greenlet; the client's coroutines are suspended
+    in the parent greenlet, at the frame that spawned it."""
+    parent = greenlet.getcurrent().parent
+    frame = parent.gr_frame if parent is not None else sys._getframe(1)
+    frames: list[str] = []
+    while frame is not None and len(frames) < limit:
+        filename = frame.f_code.co_filename
+        if filename.startswith(_ASYNCIO):
+            break  # the event loop: above here is not the client's
+        if not filename.startswith(_LIBRARY_PATHS):
+            frames.append(f"{filename}:{frame.f_lineno} in {frame.f_code.co_name}")
+        frame = frame.f_back
+    return frames
 
 
 def _describe(exception: BaseException | None) -> str | None:

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import platform
 import signal
-import sys
 import time
 import uuid
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -24,22 +25,21 @@ import sqlalchemy
 from sqlalchemy.engine import URL
 
 from loadsim import __version__
-from loadsim.database import (
-    EmbeddedPostgres,
-    control_connection,
-    server_info,
-    sessions_by_state,
-)
+from loadsim.database import EmbeddedPostgres, ServerObserver, server_info
 from loadsim.engine import application_name, create_engine, mask_url, parse_database_url
 from loadsim.events import SCHEMA_VERSION, EventLog, EventSink, LogFormat
+from loadsim.faults import FaultInjector, check_supported
 from loadsim.monitor import PoolMonitor
+from loadsim.scenario import ClientGroup
 from loadsim.settings import RunConfig
-from loadsim.stats import ClientMeasurements, summarise
-from loadsim.workload import ClientFleet, ClientState, start_delays
+from loadsim.stats import ClientMeasurements, Window, summarise
+from loadsim.workload import ClientFleet, ClientState, plan_clients
 
 #: How long clients still holding a connection get to finish once a run is due to stop.
 STOP_GRACE_S = 5.0
 FLUSH_INTERVAL_S = 0.25
+#: How often checkouts are checked against the leak threshold, when there is one.
+LEAK_CHECK_INTERVAL_S = 0.1
 #: Headroom above the largest pool for the embedded server (the seed's "+ 20").
 EMBEDDED_HEADROOM = 20
 
@@ -75,6 +75,7 @@ class Runner:
 
     def run(self) -> RunOutcome:
         """Runs every scenario; always stops the embedded server it started."""
+        _quiet_collected_connection_warnings()
         try:
             asyncio.run(self._main())
         finally:
@@ -104,7 +105,7 @@ class Runner:
         largest = 0
         for config in self.configs:
             capacity = config.pool.capacity
-            largest = max(largest, config.workload.clients if capacity is None else capacity)
+            largest = max(largest, config.total_clients if capacity is None else capacity)
         return max(100, largest + EMBEDDED_HEADROOM)
 
     def _install_signal_handlers(self) -> None:
@@ -135,14 +136,19 @@ class Runner:
             log_format=self.log_format,
             level=config.log_level,
         )
-        control = await control_connection(url)
+        our_name = application_name(self.outcome.run_id)
+        observer = ServerObserver(url)  # for faults and the final count
+        sampler = ServerObserver(url)  # for monitor.stats, concurrently with faults
         try:
-            info = await server_info(control)
+            info = await server_info(await observer.open())
+            await check_supported(config.faults, observer, config.scenario)
             self._check_capacity(config, info.max_connections - info.reserved_connections, events)
-            engine = create_engine(url, config.pool, self.outcome.run_id)
-            monitor = PoolMonitor(engine, events)
+            engine = create_engine(
+                url, config.pool, self.outcome.run_id, config.faults.session_settings()
+            )
+            monitor = PoolMonitor(engine, events, config.monitor)
             monitor.attach()
-            measured = ClientMeasurements(config.workload.clients)
+            measured = ClientMeasurements(config.total_clients)
             events.emit(
                 "run.start",
                 schema_version=SCHEMA_VERSION,
@@ -150,23 +156,33 @@ class Runner:
                 database="embedded" if config.database_url is None else mask_url(url),
                 server_version=info.version,
                 server_max_connections=info.max_connections,
-                application_name=application_name(self.outcome.run_id),
+                application_name=our_name,
                 pool=asdict(config.pool),
                 workload=_describe_workload(config),
+                groups=[_describe_group(group) for group in config.groups],
+                faults=asdict(config.faults),
+                monitor=asdict(config.monitor),
                 seed=config.seed,
                 sources=dict(config.sources),
                 loadsim_version=__version__,
                 sqlalchemy_version=sqlalchemy.__version__,
                 python_version=platform.python_version(),
             )
+            faults = FaultInjector(
+                config.faults,
+                server=self._server,
+                observer=observer,
+                application_name=our_name,
+                events=events,
+            )
             started = time.perf_counter()
             try:
-                await self._drive_clients(config, engine, monitor, events, measured)
+                await self._drive_clients(
+                    config, engine, monitor, events, measured, faults, sampler
+                )
                 elapsed = time.perf_counter() - started
                 pool_state = monitor.state()
-                server_sessions = await sessions_by_state(
-                    control, application_name(self.outcome.run_id)
-                )
+                server_sessions = await observer.sessions(our_name)
             finally:
                 monitor.disposing = True
                 await engine.dispose()
@@ -183,11 +199,12 @@ class Runner:
             events.flush()
             self.outcome.summaries.append({"scenario": config.scenario, **summary})
         finally:
-            await control.close()
+            await observer.close()
+            await sampler.close()
 
     def _check_capacity(self, config: RunConfig, available: int, events: EventLog) -> None:
         capacity = config.pool.capacity
-        needed = config.workload.clients if capacity is None else capacity
+        needed = config.total_clients if capacity is None else capacity
         if needed > available:
             message = (
                 f"scenario {config.scenario!r} may open {needed} connections but the server "
@@ -204,6 +221,8 @@ class Runner:
         monitor: PoolMonitor,
         events: EventLog,
         measured: ClientMeasurements,
+        faults: FaultInjector,
+        sampler: ServerObserver,
     ) -> None:
         if self._stop_requested.is_set():
             return
@@ -215,16 +234,16 @@ class Runner:
             workload=config.workload,
             measured=measured,
             seed=config.seed,
+            clients=plan_clients(config.workload, config.groups),
             on_all_done=all_done.set,
         )
         async with asyncio.TaskGroup() as group:
-            clients = [
-                group.create_task(fleet.run_client(client, delay))
-                for client, delay in enumerate(start_delays(config.workload))
-            ]
+            clients = [group.create_task(fleet.run_client(client)) for client in fleet.clients]
             helpers = [
                 group.create_task(self._flush_periodically(events)),
                 group.create_task(self._stop_when_due(config, fleet, clients, all_done)),
+                group.create_task(self._watch(config, monitor, measured, events, sampler)),
+                group.create_task(faults.run()),
             ]
             await all_done.wait()
             for helper in helpers:
@@ -244,13 +263,42 @@ class Runner:
         fleet.stopping = True
         interrupted = self.outcome.interrupted_by is not None or self.outcome.output_closed
         for client, task in enumerate(clients):
-            if interrupted or fleet.states[client] != ClientState.HOLDING:
+            if interrupted or fleet.states[client] != ClientState.HOLDING:  # leakers too
                 task.cancel()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(STOP_GRACE_S):
                 await all_done.wait()
         for task in clients:
             task.cancel()
+
+    async def _watch(
+        self,
+        config: RunConfig,
+        monitor: PoolMonitor,
+        measured: ClientMeasurements,
+        events: EventLog,
+        sampler: ServerObserver,
+    ) -> None:
+        """`monitor.stats` every interval, with the server's own count of our sessions; leak
+        checks in between."""
+        interval = config.monitor.interval
+        tick = min(interval, LEAK_CHECK_INTERVAL_S) if config.monitor.leak_threshold else interval
+        window = Window(started=events.elapsed())
+        next_stats = interval
+        our_name = application_name(self.outcome.run_id)
+        while True:
+            await asyncio.sleep(tick)
+            monitor.check_leaks()
+            if events.elapsed() + tick / 2 < next_stats:
+                continue
+            next_stats += interval
+            server = await sampler.sessions(our_name)
+            events.emit(
+                "monitor.stats",
+                **monitor.state(),
+                **window.snapshot(measured, monitor.counters, events.elapsed()),
+                server=server,
+            )
 
     async def _flush_periodically(self, events: EventLog) -> None:
         while True:
@@ -259,6 +307,23 @@ class Runner:
             if not self.sink.streams and not self.outcome.output_closed:
                 self.outcome.output_closed = True
                 self._request_stop()
+
+
+def _quiet_collected_connection_warnings() -> None:
+    """A connection garbage-collected while checked out is a leak loadsim reports itself
+    (`monitor.leak_collected`); SQLAlchemy's own warning and log line about it would only
+    repeat that on stderr."""
+    warnings.filterwarnings("ignore", message="The garbage collector is trying to clean up")
+    for pool_class in ("AsyncAdaptedQueuePool", "NullPool"):
+        logging.getLogger(f"sqlalchemy.pool.impl.{pool_class}").addFilter(
+            lambda record: "The garbage collector is trying" not in record.getMessage()
+        )
+
+
+def _describe_group(group: ClientGroup) -> dict[str, Any]:
+    described = asdict(group)
+    described["hold"], described["think"] = str(group.hold), str(group.think)
+    return described
 
 
 def _describe_workload(config: RunConfig) -> dict[str, Any]:
@@ -271,8 +336,5 @@ def _describe_workload(config: RunConfig) -> dict[str, Any]:
         "hold": str(workload.hold),
         "think": str(workload.think),
         "query": workload.query,
+        "in_transaction": workload.in_transaction,
     }
-
-
-def stdout_stream() -> Any:
-    return sys.stdout.buffer

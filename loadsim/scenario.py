@@ -254,6 +254,74 @@ class Workload:
     hold: Distribution = Distribution("fixed", 0.05)
     think: Distribution = Distribution("fixed", 0.0)
     query: str | None = None
+    #: Hold the connection inside an open transaction, idle on the server (client-side wait),
+    #: instead of running pg_sleep: the server shows the session `idle in transaction`.
+    in_transaction: bool = False
+
+    def main_group(self) -> ClientGroup:
+        return ClientGroup(
+            name="main",
+            clients=self.clients,
+            hold=self.hold,
+            think=self.think,
+            query=self.query,
+            in_transaction=self.in_transaction,
+        )
+
+
+BEHAVIOURS = ("loop", "leak", "cancel")
+
+
+@dataclass(frozen=True)
+class ClientGroup:
+    """Clients that share a behaviour. `loop`: think, check out, hold, return, again.
+    `leak`: after `start`, check out once and keep the connection for `hold` ("forever":
+    until the run ends) before returning it. `cancel`: after `start`, check out once and have
+    the task cancelled `hold` later while it holds the connection, never returning it."""
+
+    name: str
+    clients: int = 1
+    behaviour: str = "loop"
+    start: float = 0.0
+    hold: Distribution = Distribution("fixed", 0.05)
+    think: Distribution = Distribution("fixed", 0.0)
+    query: str | None = None
+    in_transaction: bool = False
+
+
+@dataclass(frozen=True)
+class Faults:
+    """What is done to the server during a run, at times into it, and settings that make the
+    server close our sessions itself."""
+
+    restart: tuple[float, ...] = ()
+    terminate: tuple[float, ...] = ()
+    terminate_which: str = "all"
+    idle_session_timeout: float | None = None
+    idle_in_transaction_session_timeout: float | None = None
+
+    def session_settings(self) -> dict[str, str]:
+        """Server settings for every session the pool opens (milliseconds, as PostgreSQL
+        takes them)."""
+        settings = {}
+        for name in ("idle_session_timeout", "idle_in_transaction_session_timeout"):
+            seconds = getattr(self, name)
+            if seconds is not None:
+                settings[name] = str(max(1, round(seconds * 1000)))
+        return settings
+
+    @property
+    def last(self) -> float:
+        return max((*self.restart, *self.terminate), default=0.0)
+
+
+@dataclass(frozen=True)
+class MonitorSettings:
+    """How often `monitor.stats` is written, and when a held connection counts as leaked."""
+
+    interval: float = 1.0
+    leak_threshold: float | None = None
+    leak_reclaim: float | None = None
 
 
 WORKLOAD_KEYS: Mapping[str, Callable[[object], Any]] = MappingProxyType(
@@ -265,9 +333,72 @@ WORKLOAD_KEYS: Mapping[str, Callable[[object], Any]] = MappingProxyType(
     }
 )
 _WORKLOAD_TABLE_KEYS: Mapping[str, Callable[[object], Any]] = MappingProxyType(
-    {"hold": parse_distribution, "think": parse_distribution, "query": lambda v: _query(v)}
+    {
+        "hold": parse_distribution,
+        "think": parse_distribution,
+        "query": lambda v: _query(v),
+        "in_transaction": parse_bool,
+    }
 )
-_SCENARIO_KEYS = ("description", "preset", "pool", "workload", *WORKLOAD_KEYS)
+
+
+def _group_hold(value: object) -> Distribution:
+    if isinstance(value, str) and value.strip().lower() == "forever":
+        return Distribution("fixed", math.inf)
+    return parse_distribution(value)
+
+
+def _name(value: object) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"expected a name, got {value!r}")
+    return value.strip()
+
+
+_GROUP_KEYS: Mapping[str, Callable[[object], Any]] = MappingProxyType(
+    {
+        "name": _name,
+        "clients": _integer(1, "an integer of at least 1"),
+        "behaviour": _choice(*BEHAVIOURS),
+        "start": parse_duration,
+        "hold": _group_hold,
+        "think": parse_distribution,
+        "query": lambda v: _query(v),
+        "in_transaction": parse_bool,
+    }
+)
+
+
+def _times(value: object) -> tuple[float, ...]:
+    values = value if isinstance(value, list) else [value]
+    return tuple(sorted(parse_duration(item) for item in values))
+
+
+_FAULT_KEYS: Mapping[str, Callable[[object], Any]] = MappingProxyType(
+    {
+        "restart": _times,
+        "terminate": _times,
+        "terminate_which": _choice("idle", "all"),
+        "idle_session_timeout": _positive_seconds,
+        "idle_in_transaction_session_timeout": _positive_seconds,
+    }
+)
+_MONITOR_KEYS: Mapping[str, Callable[[object], Any]] = MappingProxyType(
+    {
+        "interval": _positive_seconds,
+        "leak_threshold": _positive_seconds,
+        "leak_reclaim": _positive_seconds,
+    }
+)
+_SCENARIO_KEYS = (
+    "description",
+    "preset",
+    "pool",
+    "workload",
+    "groups",
+    "faults",
+    "monitor",
+    *WORKLOAD_KEYS,
+)
 
 
 def _query(value: object) -> str:
@@ -287,6 +418,9 @@ class Scenario:
     workload: Workload = Workload()
     #: Workload fields the file set explicitly (the rest are defaults), for `loadsim show`.
     workload_keys: frozenset[str] = frozenset()
+    groups: tuple[ClientGroup, ...] = ()
+    faults: Faults = Faults()
+    monitor: MonitorSettings = MonitorSettings()
 
 
 @dataclass(frozen=True)
@@ -387,14 +521,22 @@ def _parse_scenario(name: str, body: Mapping[str, Any], path: Path) -> Scenario:
         if key in body:
             values[key] = _parse_value(parse, body[key], where, key)
     workload_table = _table(body.get("workload", {}), f"{where} [workload]")
-    _check_keys(workload_table, tuple(_WORKLOAD_TABLE_KEYS), f"{where} [workload]", "")
-    for key, parse in _WORKLOAD_TABLE_KEYS.items():
-        if key in workload_table:
-            values[key] = _parse_value(parse, workload_table[key], f"{where} [workload]", key)
+    values.update(_parse_table(workload_table, _WORKLOAD_TABLE_KEYS, f"{where} [workload]"))
     if "iterations" in values and "duration" not in values:
         values["duration"] = None  # this many checkouts, however long they take
     workload = Workload(**values)
-    check_workload(workload, where)
+    groups = _parse_groups(body.get("groups", []), f"{where} [[groups]]")
+    faults = Faults(**_parse_table(body.get("faults", {}), _FAULT_KEYS, f"{where} [faults]"))
+    monitor = MonitorSettings(
+        **_parse_table(body.get("monitor", {}), _MONITOR_KEYS, f"{where} [monitor]")
+    )
+    if (
+        monitor.leak_reclaim is not None
+        and monitor.leak_threshold is not None
+        and monitor.leak_reclaim < monitor.leak_threshold
+    ):
+        raise ScenarioError(f"{where} [monitor]: leak_reclaim must not be below leak_threshold")
+    check_workload(workload, where, faults)
 
     pool = _parse_pool(_table(body.get("pool", {}), f"{where} [pool]"), f"{where} [pool]")
     return Scenario(
@@ -404,13 +546,60 @@ def _parse_scenario(name: str, body: Mapping[str, Any], path: Path) -> Scenario:
         pool=MappingProxyType(pool),
         workload=workload,
         workload_keys=frozenset(values),
+        groups=groups,
+        faults=faults,
+        monitor=monitor,
     )
 
 
-def check_workload(workload: Workload, where: str) -> None:
-    """Contradictions between workload keys, checked again after flags are applied."""
+def _parse_table(
+    value: object, keys: Mapping[str, Callable[[object], Any]], where: str
+) -> dict[str, Any]:
+    body = _table(value, where)
+    _check_keys(body, tuple(keys), where, "")
+    return {key: _parse_value(keys[key], item, where, key) for key, item in body.items()}
+
+
+def _parse_groups(value: object, where: str) -> tuple[ClientGroup, ...]:
+    if not isinstance(value, list):
+        raise ScenarioError(f"{where}: expected an array of tables ([[...groups]]), got {value!r}")
+    groups = []
+    for index, body in enumerate(value):
+        place = f"{where} #{index + 1}"
+        values = _parse_table(body, _GROUP_KEYS, place)
+        if "name" not in values:
+            raise ScenarioError(f"{place}: key 'name' is required")
+        group = ClientGroup(**values)
+        if group.behaviour == "loop" and math.isinf(group.hold.a):
+            raise ScenarioError(f"{place}: only 'leak' clients can hold a connection forever")
+        groups.append(group)
+    names = [group.name for group in groups]
+    duplicates = sorted({name for name in names if names.count(name) > 1} | ({"main"} & set(names)))
+    if duplicates:
+        raise ScenarioError(f"{where}: group names must be unique and not 'main': {duplicates}")
+    return tuple(groups)
+
+
+def check_workload(workload: Workload, where: str, faults: Faults | None = None) -> None:
+    """Contradictions between keys, checked again after flags are applied."""
     if workload.duration is None and workload.iterations is None:
         raise ScenarioError(f"{where}: set 'duration' or 'iterations' so that the run ends")
+    longest_hold = workload.hold.mean if workload.hold.kind == "exp" else workload.hold.maximum
+    if (
+        workload.duration is not None
+        and workload.iterations is not None
+        and longest_hold > workload.duration
+    ):
+        raise ScenarioError(
+            f"{where}: hold ({workload.hold}) can outlast the duration "
+            f"({format_duration(workload.duration)}), so {workload.iterations} iterations "
+            "can never complete; shorten hold, lengthen duration or drop one of them"
+        )
+    if faults is not None and workload.duration is not None and faults.last >= workload.duration:
+        raise ScenarioError(
+            f"{where}: a fault at {format_duration(faults.last)} comes after the end of the run "
+            f"({format_duration(workload.duration)})"
+        )
 
 
 def _parse_pool(body: Mapping[str, Any], where: str) -> dict[str, PoolValue]:

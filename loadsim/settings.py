@@ -18,6 +18,9 @@ from loadsim.events import LEVELS as LOG_LEVELS
 from loadsim.scenario import (
     POOL_KEYS,
     WORKLOAD_KEYS,
+    ClientGroup,
+    Faults,
+    MonitorSettings,
     PoolConfig,
     Scenario,
     ScenarioFile,
@@ -95,8 +98,21 @@ class RunConfig:
     database_url: str | None
     pool: PoolConfig
     workload: Workload
+    groups: tuple[ClientGroup, ...]
+    faults: Faults
+    monitor: MonitorSettings
     seed: int | None
     log_level: str
+
+    @property
+    def groups_with_main(self) -> tuple[ClientGroup, ...]:
+        """Every client group, the scenario's main workload first."""
+        return (self.workload.main_group(), *self.groups)
+
+    @property
+    def total_clients(self) -> int:
+        return sum(group.clients for group in self.groups_with_main)
+
     #: setting name → where its value came from ("flag", "environment", "scenario",
     #: "preset NAME", "default").
     sources: Mapping[str, str]
@@ -143,7 +159,7 @@ def resolve(
         # --iterations alone means "this many, however long it takes".
         workload = replace(workload, duration=None)
         sources["duration"] = FLAG
-    check_workload(workload, f"scenario {scenario.name!r}")
+    check_workload(workload, f"scenario {scenario.name!r}", scenario.faults)
     for key in ("ramp_up", "hold", "think", "query"):
         sources[key] = "scenario" if key in scenario.workload_keys else DEFAULT
 
@@ -164,6 +180,9 @@ def resolve(
         database_url=database_url,
         pool=pool,
         workload=workload,
+        groups=scenario.groups,
+        faults=scenario.faults,
+        monitor=scenario.monitor,
         seed=flags.seed,
         log_level=log_level,
         sources=MappingProxyType(sources),

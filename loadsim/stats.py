@@ -72,6 +72,9 @@ def summarise(
             "mean": round(pool.connect_time_total_ms / pool.connects, 3) if pool.connects else 0.0
         },
         "max_open": pool.max_open,
+        "leaks_suspected": pool.leaks,
+        "leaks_reclaimed": pool.reclaimed,
+        "leaks_collected": pool.collected,
         "max_pending_requests": pool.max_waiting,
         "checkouts_per_client": {
             "min": per_client[0] if per_client else 0,
@@ -81,3 +84,34 @@ def summarise(
         "reuse_ratio": round(checkouts / pool.connects, 2) if pool.connects else None,
         **extra,
     }
+
+
+@dataclass
+class Window:
+    """Rates over the interval since the previous `monitor.stats` snapshot."""
+
+    started: float = 0.0
+    _last: dict[str, int] = field(default_factory=dict)
+
+    def snapshot(
+        self, measured: ClientMeasurements, pool: PoolCounters, now: float
+    ) -> dict[str, Any]:
+        totals = {
+            "checkouts": measured.wait_ms.count,
+            "connects": pool.connects,
+            "closes": pool.closes,
+            "timeouts": measured.timeouts,
+            "errors": measured.errors,
+            "invalidations": pool.invalidations,
+            "leaks": pool.leaks,
+        }
+        seconds = max(now - self.started, 1e-9)
+        window = {key: value - self._last.get(key, 0) for key, value in totals.items()}
+        self._last, self.started = totals, now
+        return {
+            "interval_s": round(seconds, 3),
+            "window": window,
+            "checkouts_per_s": round(window["checkouts"] / seconds, 2),
+            "connects_per_s": round(window["connects"] / seconds, 2),
+            "totals": totals,
+        }

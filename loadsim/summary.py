@@ -20,8 +20,10 @@ _ROWS: tuple[tuple[str, str], ...] = (
     ("max waiting clients", "max_pending_requests"),
     ("wait ms (mean / max)", "wait_ms"),
     ("hold ms (mean / max)", "hold_ms"),
+    ("connect ms (mean)", "connect_time_ms"),
     ("timeouts", "timeouts"),
     ("errors", "errors"),
+    ("leaks suspected", "leaks_suspected"),
     ("interrupted", "interrupted"),
 )
 
@@ -33,18 +35,36 @@ def format_summary(summaries: list[dict[str, Any]]) -> str:
     for label, key in _ROWS:
         rows.append([label, *(_cell(summary.get(key)) for summary in summaries)])
     widths = [max(len(row[column]) for row in rows) for column in range(len(header))]
-    lines = [
+    lines: list[str] = [
         "  ".join(
             cell.ljust(widths[i]) if i == 0 else cell.rjust(widths[i]) for i, cell in enumerate(row)
         )
         for row in rows
     ]
+    lines.extend(_comparisons(summaries))
     return "\n".join(lines)
 
 
+def _comparisons(summaries: list[dict[str, Any]]) -> list[str]:
+    """With several scenarios, how each compares with the first in throughput."""
+    if len(summaries) < 2:
+        return []
+    first = summaries[0]
+    lines = [""]
+    for other in summaries[1:]:
+        if other["checkouts_per_s"] > 0:
+            ratio = first["checkouts_per_s"] / other["checkouts_per_s"]
+            lines.append(
+                f"{first['scenario']} made {ratio:.2f}x the checkouts/s of {other['scenario']}"
+            )
+    return lines
+
+
 def _cell(value: Any) -> str:
-    if isinstance(value, dict) and "mean" in value:
+    if isinstance(value, dict) and "max" in value:
         return f"{value['mean']:.1f} / {value['max']:.1f}"
+    if isinstance(value, dict) and "mean" in value:
+        return f"{value['mean']:.1f}"
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, float):

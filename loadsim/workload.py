@@ -1,39 +1,67 @@
-"""What a client does: a closed loop of think → check out → hold (real SQL) → return.
+"""What a client does.
 
-A pool timeout or a database error is a measurement: it becomes an event and a counter, and
-the client carries on. Each client records whether it is idle, waiting on the pool or holding
-a connection, so that a stopping run can cancel the idle and waiting ones at once and let the
-holders finish what they are doing.
+A `loop` client thinks, checks a connection out (timing the wait), holds it while real SQL
+runs on the server, gives it back, and goes again. `leak` and `cancel` clients misbehave on
+purpose, once, so that the monitor has leaks to find. A pool timeout or a database error is a
+measurement: it becomes an event and a counter, and the client carries on.
+
+Each client records whether it is idle, waiting on the pool or holding a connection, so that a
+stopping run can cancel the idle and waiting ones at once and let the holders finish.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import gc
+import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import IntEnum
 
 import asyncpg
 from sqlalchemy import exc, text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from loadsim.events import EventLog
 from loadsim.monitor import PoolMonitor, current_client
-from loadsim.scenario import Workload
+from loadsim.scenario import ClientGroup, Workload
 from loadsim.stats import ClientMeasurements
 
 _SLEEP = text("SELECT pg_sleep(:hold)")
+_OPEN_TRANSACTION = text("SELECT 1")
 #: After a connect or query error, a client pauses this long so a dead server is not hammered.
 ERROR_BACKOFF_S = 0.1
+_DATABASE_ERRORS = (exc.SQLAlchemyError, asyncpg.PostgresError, OSError)
 
 
 class ClientState(IntEnum):
     IDLE = 0
     WAITING = 1
     HOLDING = 2
-    DONE = 3
+    #: Holding a connection it is not going to give back (a leak client): stop it at once.
+    LEAKING = 3
+    DONE = 4
+
+
+@dataclass(frozen=True)
+class Client:
+    id: int
+    group: ClientGroup
+    start_delay: float
+
+
+def plan_clients(workload: Workload, groups: tuple[ClientGroup, ...]) -> list[Client]:
+    """Every client of a run, numbered from 0: the main workload's first (started evenly over
+    `ramp_up`), then each group's (started at the group's `start`)."""
+    main = workload.main_group()
+    step = workload.ramp_up / main.clients if workload.ramp_up > 0 else 0.0
+    clients = [Client(index, main, index * step) for index in range(main.clients)]
+    for group in groups:
+        clients.extend(Client(len(clients), group, group.start) for _ in range(group.clients))
+    return clients
 
 
 @dataclass
@@ -46,113 +74,162 @@ class ClientFleet:
     workload: Workload
     measured: ClientMeasurements
     seed: int | None
+    clients: list[Client]
     states: list[ClientState] = field(default_factory=list)
     stopping: bool = False
     on_all_done: Callable[[], None] = lambda: None
     _running: int = 0
 
     def __post_init__(self) -> None:
-        self.states = [ClientState.IDLE] * self.workload.clients
-        self._running = self.workload.clients
-        query = self.workload.query
-        self._statement = text(query) if query else _SLEEP
-        self._binds_hold = query is None or ":hold" in query
+        self.states = [ClientState.IDLE] * len(self.clients)
+        self._running = len(self.clients)
 
     def rng_for(self, client: int) -> random.Random:
         return random.Random(None if self.seed is None else self.seed * 1_000_003 + client)
 
-    async def run_client(self, client: int, start_delay: float) -> None:
+    async def run_client(self, client: Client) -> None:
+        behaviour = {"loop": self._loop, "leak": self._leak, "cancel": self._cancel}
         try:
-            await self._loop(client, start_delay)
+            current_client.set(client.id)
+            if client.start_delay > 0:
+                await asyncio.sleep(client.start_delay)
+            await behaviour[client.group.behaviour](client)
         finally:
-            self.states[client] = ClientState.DONE
+            self.states[client.id] = ClientState.DONE
             self._running -= 1
             if self._running == 0:
                 self.on_all_done()
 
-    async def _loop(self, client: int, start_delay: float) -> None:
-        current_client.set(client)
-        workload, events, monitor, measured = (
-            self.workload,
-            self.events,
-            self.monitor,
-            self.measured,
-        )
-        states = self.states
-        rng = self.rng_for(client)
-        if start_delay > 0:
-            await asyncio.sleep(start_delay)
-        iteration = 0
-        while not self.stopping and (
-            workload.iterations is None or iteration < workload.iterations
-        ):
-            iteration += 1
-            think = workload.think.sample(rng)
+    # ------------------------------------------------------------------ behaviours
+
+    async def _loop(self, client: Client) -> None:
+        group, rng = client.group, self.rng_for(client.id)
+        iterations = self.workload.iterations
+        count = 0
+        while not self.stopping and (iterations is None or count < iterations):
+            count += 1
+            think = group.think.sample(rng)
             if think > 0:
                 await asyncio.sleep(think)
                 if self.stopping:
                     break
-            hold = workload.hold.sample(rng)
-            states[client] = ClientState.WAITING
-            events.emit("client.waiting", client=client)
-            monitor.client_waiting(+1)
-            asked = time.perf_counter()
-            waiting = True
-            try:
-                async with self.engine.connect() as connection:
-                    acquired = time.perf_counter()
-                    waiting = False
-                    monitor.client_waiting(-1)
-                    states[client] = ClientState.HOLDING
-                    wait_ms = (acquired - asked) * 1000
-                    measured.wait_ms.add(wait_ms)
-                    measured.checkouts_per_client[client] += 1
-                    conn = monitor.last_checkout.get(client)
-                    events.emit(
-                        "client.acquired", client=client, conn=conn, wait_ms=round(wait_ms, 3)
-                    )
-                    parameters = {"hold": hold} if self._binds_hold else {}
-                    await connection.execute(self._statement, parameters)
-                released = time.perf_counter()
-                held_ms = (released - acquired) * 1000
-                measured.hold_ms.add(held_ms)
-                events.emit("client.released", client=client, conn=conn, held_ms=round(held_ms, 3))
-            except exc.TimeoutError as error:
-                measured.timeouts += 1
+            hold = group.hold.sample(rng)
+            await self._with_connection(client, functools.partial(_use, group=group, hold=hold))
+
+    async def _leak(self, client: Client) -> None:
+        """Check out once and keep the connection for `hold` (forever: until the run ends)."""
+        hold = client.group.hold.sample(self.rng_for(client.id))
+
+        async def keep(connection: AsyncConnection) -> None:
+            await connection.execute(_OPEN_TRANSACTION)
+            self.states[client.id] = ClientState.LEAKING
+            await asyncio.sleep(hold) if math.isfinite(hold) else await asyncio.Event().wait()
+
+        await self._with_connection(client, keep)
+
+    async def _cancel(self, client: Client) -> None:
+        """Have a task check out a connection and get cancelled while holding it, the way an
+        asyncio application leaks one: nothing ever returns it. SQLAlchemy finds it when the
+        garbage collector frees it; we collect at once so that the effect shows at once."""
+        holder = asyncio.create_task(self._hold_without_returning(client))
+        await asyncio.sleep(client.group.hold.sample(self.rng_for(client.id)))
+        holder.cancel()
+        await asyncio.wait([holder])
+        if holder.cancelled():
+            self.events.emit(
+                "client.cancelled", client=client.id, conn=self.monitor.last_checkout.get(client.id)
+            )
+        del holder
+        gc.collect()
+
+    async def _hold_without_returning(self, client: Client) -> None:
+        connection = await self.engine.connect()  # deliberately not `async with`
+        self.states[client.id] = ClientState.LEAKING
+        self.events.emit(
+            "client.acquired", client=client.id, conn=self.monitor.last_checkout.get(client.id)
+        )
+        await connection.execute(_OPEN_TRANSACTION)
+        await asyncio.Event().wait()
+
+    async def _with_connection(
+        self, client: Client, use: Callable[[AsyncConnection], Awaitable[None]]
+    ) -> None:
+        """Checks a connection out, uses it, returns it; records the wait, the hold, and a
+        timeout or an error instead of raising it."""
+        states, events, monitor, measured = self.states, self.events, self.monitor, self.measured
+        states[client.id] = ClientState.WAITING
+        events.emit("client.waiting", client=client.id)
+        monitor.client_waiting(+1)
+        asked = time.perf_counter()
+        waiting = True
+        try:
+            async with self.engine.connect() as connection:
+                acquired = time.perf_counter()
+                waiting = False
+                monitor.client_waiting(-1)
+                states[client.id] = ClientState.HOLDING
+                wait_ms = (acquired - asked) * 1000
+                measured.wait_ms.add(wait_ms)
+                measured.checkouts_per_client[client.id] += 1
+                conn = monitor.last_checkout.get(client.id)
                 events.emit(
-                    "client.timeout",
-                    client=client,
-                    wait_ms=round((time.perf_counter() - asked) * 1000, 3),
-                    message=str(error).splitlines()[0],
-                    **_pool_state_at_timeout(monitor),
+                    "client.acquired", client=client.id, conn=conn, wait_ms=round(wait_ms, 3)
                 )
-            except (exc.SQLAlchemyError, asyncpg.PostgresError, OSError) as error:
-                phase = "connect" if waiting else "query"
-                measured.error(f"{phase}:{_error_kind(error)}")
-                events.emit(
-                    "client.error",
-                    client=client,
-                    phase=phase,
-                    error=_error_kind(error),
-                    message=_first_line(error),
-                )
-                if waiting:
-                    monitor.client_waiting(-1)
-                    waiting = False
-                states[client] = ClientState.IDLE
-                await asyncio.sleep(ERROR_BACKOFF_S)
-            finally:
-                if waiting:
-                    monitor.client_waiting(-1)
-                states[client] = ClientState.IDLE
+                await use(connection)
+                invalidated = connection.invalidated
+            held_ms = (time.perf_counter() - acquired) * 1000
+            measured.hold_ms.add(held_ms)
+            events.emit(
+                "client.released",
+                client=client.id,
+                conn=conn,
+                held_ms=round(held_ms, 3),
+                **({"invalidated": True} if invalidated else {}),
+            )
+        except exc.TimeoutError as error:
+            measured.timeouts += 1
+            monitor.client_waiting(-1)
+            waiting = False
+            events.emit(
+                "client.timeout",
+                client=client.id,
+                wait_ms=round((time.perf_counter() - asked) * 1000, 3),
+                message=str(error).splitlines()[0],
+                **_pool_state_at_timeout(monitor),
+            )
+        except _DATABASE_ERRORS as error:
+            phase = "connect" if waiting else "query"
+            if waiting:
+                monitor.client_waiting(-1)
+                waiting = False
+            kind = _error_kind(error)
+            measured.error(f"{phase}:{kind}")
+            events.emit(
+                "client.error",
+                client=client.id,
+                phase=phase,
+                error=kind,
+                message=_first_line(error),
+            )
+            states[client.id] = ClientState.IDLE
+            await asyncio.sleep(ERROR_BACKOFF_S)
+        finally:
+            if waiting:
+                monitor.client_waiting(-1)
+            states[client.id] = ClientState.IDLE
 
 
-def start_delays(workload: Workload) -> list[float]:
-    """When each client starts: spread evenly over `ramp_up`, or all at once."""
-    if workload.ramp_up <= 0 or workload.clients == 1:
-        return [0.0] * workload.clients
-    step = workload.ramp_up / workload.clients
-    return [client * step for client in range(workload.clients)]
+async def _use(connection: AsyncConnection, group: ClientGroup, hold: float) -> None:
+    """What a client does with a connection it holds: real work on the server for `hold`."""
+    if group.in_transaction:
+        await connection.execute(_OPEN_TRANSACTION)  # BEGIN: from here the session is idle
+        await asyncio.sleep(hold)  # in transaction on the server, for `hold`
+        await connection.commit()
+    elif group.query is None:
+        await connection.execute(_SLEEP, {"hold": hold})
+    else:
+        parameters = {"hold": hold} if ":hold" in group.query else {}
+        await connection.execute(text(group.query), parameters)
 
 
 def _pool_state_at_timeout(monitor: PoolMonitor) -> dict[str, int]:

@@ -8,13 +8,14 @@ event stream). Passwords never appear in anything loadsim prints.
 from __future__ import annotations
 
 import subprocess
+import tomllib
 import time
 from pathlib import Path
 
 import pytest
 from sqlalchemy.engine import make_url
 
-from tests.conftest import RunLoadsim, write_scenarios
+from tests.conftest import REPOSITORY, RunLoadsim, write_scenarios
 
 SCENARIO_ERROR = 2
 DATABASE_UNAVAILABLE = 3
@@ -270,7 +271,8 @@ def test_list_uses_the_packaged_scenarios(loadsim: RunLoadsim, tmp_path: Path) -
     result = loadsim("list")
     assert_ok(result)
     names = [line.split()[0] for line in result.stdout.splitlines()]
-    assert names == ["normal", "saturation", "exhaustion"]
+    shipped = tomllib.loads((REPOSITORY / "scenarios.toml").read_text())["scenarios"]
+    assert names == list(shipped)
 
 
 def test_show_uses_the_packaged_scenarios(loadsim: RunLoadsim, tmp_path: Path) -> None:
