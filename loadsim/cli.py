@@ -102,6 +102,16 @@ IterationsOption = Annotated[
         help="Checkouts per client; alone, the run lasts until all clients are done.",
     ),
 ]
+ThresholdOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--threshold",
+        "-t",
+        help="Fail (exit 1) unless this holds at the end, e.g. 'wait_time_p95_ms < 100' or "
+        "'timeouts == 0'. Repeatable; adds to the scenario's own thresholds.",
+        show_default=False,
+    ),
+]
 SeedOption = Annotated[
     int | None, typer.Option("--seed", help="Seed for hold and think times (repeatable runs).")
 ]
@@ -141,6 +151,7 @@ def run(
     duration: DurationOption = None,
     iterations: IterationsOption = None,
     seed: SeedOption = None,
+    threshold: ThresholdOption = None,
     output: Annotated[
         Path | None,
         typer.Option(
@@ -155,11 +166,13 @@ def run(
         typer.Option("--log-format", help="json: one JSON object a line; console: for people."),
     ] = LogFormat.json,
     quiet: Annotated[
-        bool, typer.Option("--quiet", "-q", help="No summary or warnings on stderr.")
+        bool,
+        typer.Option("--quiet", "-q", help="No live dashboard, summary or warnings on stderr."),
     ] = False,
 ) -> None:
     """Run scenarios and stream their events as JSON lines on stdout."""
-    from loadsim.runner import Runner  # heavy imports only for the command that needs them
+    from loadsim.dashboard import Dashboard  # heavy imports only for the command that needs them
+    from loadsim.runner import Runner
 
     flags = _flags(
         database_url=database_url,
@@ -173,6 +186,7 @@ def run(
         duration=duration,
         iterations=iterations,
         seed=seed,
+        thresholds=tuple(threshold or ()),
     )
     _, configs = _configs(file, scenario or ["normal"], flags)
     streams: list[IO[bytes]] = [sys.stdout.buffer]
@@ -184,8 +198,16 @@ def run(
         if not quiet:
             print(f"loadsim: warning: {message}", file=sys.stderr)
 
+    dashboard = Dashboard() if sys.stderr.isatty() and not quiet else None
     try:
-        outcome = Runner(configs, sink, log_format=log_format.value, warn=warn).run()
+        outcome = Runner(
+            configs,
+            sink,
+            log_format=log_format.value,
+            colours=sys.stdout.isatty(),
+            warn=warn,
+            dashboard=dashboard,
+        ).run()
     finally:
         for stream in streams[1:]:
             stream.close()
@@ -193,10 +215,24 @@ def run(
             _silence_stdout()
     if not quiet and outcome.summaries:
         print(format_summary(outcome.summaries), file=sys.stderr)
+    failed = [
+        (summary["scenario"], result)
+        for summary in outcome.summaries
+        for result in summary.get("thresholds", [])
+        if not result["passed"]
+    ]
+    for scenario_name, result in failed:
+        print(
+            f"loadsim: threshold failed in {scenario_name}: {result['threshold']} "
+            f"({result['metric']} = {_number(result['value'])})",
+            file=sys.stderr,
+        )
     if outcome.interrupted_by == "SIGTERM":
         raise typer.Exit(143)
     if outcome.interrupted_by is not None:
         raise typer.Exit(130)
+    if failed:
+        raise typer.Exit(1)
 
 
 @app.command("list")
@@ -259,6 +295,10 @@ def validate(
         f"{scenarios.path}: ok ({len(scenarios.scenarios)} scenarios, "
         f"{len(scenarios.presets)} presets)"
     )
+
+
+def _number(value: float | None) -> str:
+    return "no value" if value is None else f"{value:g}"
 
 
 def _open_output(path: Path, force: bool) -> IO[bytes]:

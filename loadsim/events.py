@@ -48,10 +48,11 @@ MONITOR_EVENTS = frozenset(
         "monitor.leak_reclaimed",  # ... taken back (invalidated) past leak_reclaim
         "monitor.leak_returned",  # ... returned after all, late
         "monitor.leak_collected",  # ... garbage-collected while checked out
+        "monitor.alert",  # a condition that lasts: saturated, or the server disagrees
     }
 )
 FAULT_EVENTS = frozenset({"fault.restart", "fault.terminate"})
-RUN_EVENTS = frozenset({"run.start", "run.end", "run.warning"})
+RUN_EVENTS = frozenset({"run.start", "run.end", "run.warning", "run.threshold"})
 EVENT_NAMES = POOL_EVENTS | CLIENT_EVENTS | MONITOR_EVENTS | FAULT_EVENTS | RUN_EVENTS
 
 #: Events that report a problem; LOG_LEVEL=warning keeps only these (and run.start/run.end).
@@ -66,6 +67,7 @@ WARNING_EVENTS = frozenset(
         "monitor.leak_reclaimed",
         "monitor.leak_returned",
         "monitor.leak_collected",
+        "monitor.alert",
         "run.warning",
         *FAULT_EVENTS,
     }
@@ -125,12 +127,13 @@ class EventLog:
         log_format: LogFormat = "json",
         level: str = "info",
         started: float | None = None,
+        colours: bool = False,
     ) -> None:
         self.sink = sink
         self._wanted = _wanted_events(level)
         self.started = time.perf_counter() if started is None else started
         renderer: Any = (
-            structlog.dev.ConsoleRenderer(colors=True, sort_keys=False)
+            ConsoleLines(colours=colours)
             if log_format == "console"
             else structlog.processors.JSONRenderer(serializer=_dumps)
         )
@@ -166,6 +169,54 @@ class EventLog:
             ordered[key] = event_dict.pop(key, None)
         ordered.update(event_dict)
         return ordered
+
+
+#: ANSI colours for `--log-format console`, by kind of event (first match wins).
+_KIND_COLOURS = (
+    ("client.timeout", "1;31"),
+    ("client.error", "31"),
+    ("leak", "1;33"),
+    ("invalidate", "31"),
+    ("detach", "31"),
+    ("fault.", "1;35"),
+    ("alert", "1;33"),
+    ("connect", "32"),
+    ("checkout", "36"),
+    ("acquired", "36"),
+    ("checkin", "34"),
+    ("released", "34"),
+    ("close", "35"),
+    ("run.", "1"),
+)
+
+
+class ConsoleLines:
+    """`--log-format console`: one line per event for people, its name coloured by kind
+    (connect, checkout, checkin, close, invalidate, timeout, leak) on a terminal."""
+
+    def __init__(self, colours: bool) -> None:
+        self.colours = colours
+
+    def __call__(self, _logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> str:
+        name = str(event_dict.get("event"))
+        shown = f"{name:<24}"
+        if self.colours:
+            code = next((code for kind, code in _KIND_COLOURS if kind in name), None)
+            if code is not None:
+                shown = f"\x1b[{code}m{shown}\x1b[0m"
+        skip = {"ts", "t", "event", "run_id", "instance"}
+        details = " ".join(
+            f"{key}={_console_value(value)}"
+            for key, value in event_dict.items()
+            if key not in skip and value is not None
+        )
+        return f"{event_dict.get('t', 0):9.3f}s {shown} {details}"
+
+
+def _console_value(value: Any) -> str:
+    if isinstance(value, str):
+        return value if value and " " not in value else repr(value)
+    return orjson.dumps(value, default=str).decode()
 
 
 def _wanted_events(level: str) -> frozenset[str]:

@@ -13,7 +13,7 @@ import os
 import sys
 import time
 import weakref
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import greenlet
@@ -22,8 +22,10 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import ConnectionPoolEntry, Pool, QueuePool
 
+from loadsim.database import ServerObserver
 from loadsim.events import EventLog
 from loadsim.scenario import MonitorSettings
+from loadsim.stats import RunMetrics
 
 #: The client (an integer id) on whose behalf the current task uses the pool.
 current_client: contextvars.ContextVar[int | None] = contextvars.ContextVar(
@@ -37,17 +39,13 @@ class PoolCounters:
 
     connects: int = 0
     closes: int = 0
-    checkouts: int = 0
-    checkins: int = 0
     invalidations: int = 0
     detaches: int = 0
     max_open: int = 0
-    waiting: int = 0
-    max_waiting: int = 0
-    connect_time_total_ms: float = 0.0
-    leaks: int = 0
-    reclaimed: int = 0
-    collected: int = 0
+    max_pending_requests: int = 0
+    leaks_suspected: int = 0
+    leaks_reclaimed: int = 0
+    leaks_collected: int = 0
 
 
 @dataclass(slots=True)
@@ -73,9 +71,15 @@ class PoolMonitor:
     """
 
     def __init__(
-        self, engine: AsyncEngine, events: EventLog, settings: MonitorSettings | None = None
+        self,
+        engine: AsyncEngine,
+        events: EventLog,
+        metrics: RunMetrics,
+        settings: MonitorSettings | None = None,
     ) -> None:
         self.engine = engine
+        self.metrics = metrics
+        self._waiting_since: dict[int, float] = {}  # client → when it asked for a connection
         self.settings = settings or MonitorSettings()
         self._tracks_leaks = self.settings.leak_threshold is not None
         self.pool: Pool = engine.sync_engine.pool
@@ -115,11 +119,23 @@ class PoolMonitor:
     def conn_id(self, dbapi_connection: Any) -> int | None:
         return self._ids.get(id(dbapi_connection))
 
-    def client_waiting(self, delta: int) -> None:
-        """Clients call this as they start (+1) and stop (-1) waiting for a connection."""
-        counters = self.counters
-        counters.waiting += delta
-        counters.max_waiting = max(counters.max_waiting, counters.waiting)
+    def waiting_started(self, client: int, now: float) -> None:
+        waiting = self._waiting_since
+        waiting[client] = now
+        if len(waiting) > self.counters.max_pending_requests:
+            self.counters.max_pending_requests = len(waiting)
+
+    def waiting_ended(self, client: int) -> None:
+        self._waiting_since.pop(client, None)
+
+    def oldest_wait_ms(self) -> float:
+        """How long the longest-waiting client has been waiting (0 when none is)."""
+        if not self._waiting_since:
+            return 0.0
+        return round((time.perf_counter() - min(self._waiting_since.values())) * 1000, 3)
+
+    def counters_now(self) -> dict[str, int]:
+        return asdict(self.counters)
 
     def state(self) -> dict[str, int]:
         """The pool's counts right now, HikariCP style: total, in use, idle, waiting."""
@@ -134,7 +150,7 @@ class PoolMonitor:
             "connections_used": used,
             "connections_idle": idle,
             "overflow": overflow,
-            "pending_requests": self.counters.waiting,
+            "pending_requests": len(self._waiting_since),
         }
 
     def open_connections(self) -> int:
@@ -150,7 +166,7 @@ class PoolMonitor:
             held = now - checkout.since
             if not checkout.suspected and held >= threshold:
                 checkout.suspected = True
-                self.counters.leaks += 1
+                self.counters.leaks_suspected += 1
                 self.events.emit(
                     "monitor.leak_suspected",
                     client=checkout.client,
@@ -164,7 +180,7 @@ class PoolMonitor:
                 if proxy is None or not proxy.is_valid:
                     continue
                 checkout.reclaimed = True
-                self.counters.reclaimed += 1
+                self.counters.leaks_reclaimed += 1
                 self.events.emit(
                     "monitor.leak_reclaimed",
                     client=checkout.client,
@@ -213,7 +229,7 @@ class PoolMonitor:
         connect_ms = None
         if started is not None:
             connect_ms = round((time.perf_counter() - started) * 1000, 3)
-            counters.connect_time_total_ms += connect_ms
+            self.metrics.create_time.add(connect_ms)
         self._emit("pool.connect", conn, connect_ms=connect_ms)
 
     def _on_first_connect(self, dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
@@ -221,12 +237,13 @@ class PoolMonitor:
 
     def _on_checkout(self, dbapi_connection: Any, record: ConnectionPoolEntry, proxy: Any) -> None:
         self._used += 1
-        self.counters.checkouts += 1
+        now = time.perf_counter()
+        self.metrics.utilisation.change(+1, now)
         conn = self._ids.get(id(dbapi_connection))
         client = current_client.get()
         if client is not None and conn is not None:
             self.last_checkout[client] = conn
-        checkout = Checkout(conn, client, time.perf_counter())
+        checkout = Checkout(conn, client, now)
         if self._tracks_leaks:
             checkout.proxy = weakref.ref(proxy)
             checkout.acquired_at = _where_acquired()
@@ -235,7 +252,7 @@ class PoolMonitor:
 
     def _on_checkin(self, dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
         self._used -= 1
-        self.counters.checkins += 1
+        self.metrics.utilisation.change(-1, time.perf_counter())
         checkout = self._checkouts.pop(id(record), None)
         if dbapi_connection is None:  # invalidated while checked out: already closed
             conn = checkout.conn if checkout is not None else None
@@ -289,12 +306,13 @@ class PoolMonitor:
     def _on_detach(self, dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
         self.counters.detaches += 1
         self._used -= 1
+        self.metrics.utilisation.change(-1, time.perf_counter())
         self._emit("pool.detach", self._ids.get(id(dbapi_connection)))
         checkout = self._checkouts.pop(id(record), None)
         if checkout is not None:
             # loadsim never detaches on purpose: this is a checked-out connection whose holder
             # was garbage-collected (a cancelled task that never returned it).
-            self.counters.collected += 1
+            self.counters.leaks_collected += 1
             self.events.emit(
                 "monitor.leak_collected",
                 client=checkout.client,
@@ -326,6 +344,81 @@ class PoolMonitor:
             self._ids.get(id(dbapi_connection)),
             terminate_only=bool(getattr(state, "terminate_only", False)),
         )
+
+
+#: Samples in a row after which a lasting condition becomes a `monitor.alert`.
+ALERT_AFTER_SAMPLES = 3
+#: How often checkouts are checked against the leak threshold, when there is one.
+LEAK_CHECK_INTERVAL_S = 0.1
+
+
+class Watcher:
+    """The periodic side of monitoring: a `monitor.stats` snapshot every interval, with the
+    server's own count of our sessions beside the pool's; leak checks in between; and a
+    `monitor.alert` when the pool stays saturated or disagrees with the server."""
+
+    def __init__(
+        self,
+        monitor: PoolMonitor,
+        sampler: ServerObserver,
+        application_name: str,
+    ) -> None:
+        self.monitor = monitor
+        self.sampler = sampler
+        self.application_name = application_name
+        #: The latest snapshot, for the live dashboard.
+        self.latest: dict[str, Any] = {}
+        self._streaks: dict[str, int] = {"saturated": 0, "server_disagrees": 0}
+
+    async def run(self) -> None:
+        settings = self.monitor.settings
+        interval = settings.interval
+        tick = min(interval, LEAK_CHECK_INTERVAL_S) if settings.leak_threshold else interval
+        events = self.monitor.events
+        next_stats = events.elapsed() + interval
+        while True:
+            await asyncio.sleep(max(0.0, min(tick, next_stats - events.elapsed())))
+            self.monitor.check_leaks()
+            if events.elapsed() >= next_stats - 0.001:
+                next_stats += interval
+                await self.report()
+
+    async def report(self) -> None:
+        monitor = self.monitor
+        server = await self.sampler.sessions(self.application_name)
+        pool = monitor.state()
+        snapshot = {
+            **pool,
+            "oldest_wait_ms": monitor.oldest_wait_ms(),
+            **monitor.metrics.snapshot(time.perf_counter(), monitor.counters_now()),
+            "server": server,
+        }
+        self.latest = snapshot
+        monitor.events.emit("monitor.stats", **snapshot)
+        self._alert_when_lasting(
+            "saturated",
+            pool["pending_requests"] > 0,
+            f"clients have been waiting for a connection for {ALERT_AFTER_SAMPLES} snapshots "
+            "in a row: the pool is too small for this load",
+            pending_requests=pool["pending_requests"],
+            oldest_wait_ms=snapshot["oldest_wait_ms"],
+        )
+        server_total = sum(server.values()) if server is not None else None
+        self._alert_when_lasting(
+            "server_disagrees",
+            server_total is not None and server_total != pool["connections_total"],
+            "the server's count of our sessions (pg_stat_activity) differs from the pool's "
+            f"for {ALERT_AFTER_SAMPLES} snapshots in a row",
+            pool_connections=pool["connections_total"],
+            server_sessions=server_total,
+        )
+
+    def _alert_when_lasting(self, kind: str, condition: bool, message: str, **fields: Any) -> None:
+        """One alert per episode: when the condition has held for ALERT_AFTER_SAMPLES."""
+        streak = self._streaks[kind] + 1 if condition else 0
+        self._streaks[kind] = streak
+        if streak == ALERT_AFTER_SAMPLES:
+            self.monitor.events.emit("monitor.alert", kind=kind, message=message, **fields)
 
 
 def _backend_pid(dbapi_connection: Any) -> int | None:

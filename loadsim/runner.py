@@ -25,21 +25,21 @@ import sqlalchemy
 from sqlalchemy.engine import URL
 
 from loadsim import __version__
+from loadsim.dashboard import REFRESH_PER_SECOND, Dashboard, DashboardSnapshot
 from loadsim.database import EmbeddedPostgres, ServerObserver, server_info
 from loadsim.engine import application_name, create_engine, mask_url, parse_database_url
 from loadsim.events import SCHEMA_VERSION, EventLog, EventSink, LogFormat
 from loadsim.faults import FaultInjector, check_supported
-from loadsim.monitor import PoolMonitor
+from loadsim.monitor import PoolMonitor, Watcher
 from loadsim.scenario import ClientGroup
 from loadsim.settings import RunConfig
-from loadsim.stats import ClientMeasurements, Window, summarise
+from loadsim.stats import RunMetrics
+from loadsim.thresholds import evaluate
 from loadsim.workload import ClientFleet, ClientState, plan_clients
 
 #: How long clients still holding a connection get to finish once a run is due to stop.
 STOP_GRACE_S = 5.0
 FLUSH_INTERVAL_S = 0.25
-#: How often checkouts are checked against the leak threshold, when there is one.
-LEAK_CHECK_INTERVAL_S = 0.1
 #: Headroom above the largest pool for the embedded server (the seed's "+ 20").
 EMBEDDED_HEADROOM = 20
 
@@ -59,11 +59,15 @@ class Runner:
         sink: EventSink,
         *,
         log_format: LogFormat = "json",
+        colours: bool = False,
         warn: Callable[[str], None] = lambda message: None,
+        dashboard: Dashboard | None = None,
     ) -> None:
         self.configs = list(configs)
+        self.dashboard = dashboard
         self.sink = sink
         self.log_format = log_format
+        self.colours = colours
         self.warn = warn
         self.outcome = RunOutcome(run_id=uuid.uuid4().hex[:12])
         self._server: EmbeddedPostgres | None = None
@@ -135,6 +139,7 @@ class Runner:
             scenario=config.scenario,
             log_format=self.log_format,
             level=config.log_level,
+            colours=self.colours,
         )
         our_name = application_name(self.outcome.run_id)
         observer = ServerObserver(url)  # for faults and the final count
@@ -146,9 +151,12 @@ class Runner:
             engine = create_engine(
                 url, config.pool, self.outcome.run_id, config.faults.session_settings()
             )
-            monitor = PoolMonitor(engine, events, config.monitor)
+            metrics = RunMetrics(
+                config.total_clients, config.pool.capacity, started=time.perf_counter()
+            )
+            monitor = PoolMonitor(engine, events, metrics, config.monitor)
             monitor.attach()
-            measured = ClientMeasurements(config.total_clients)
+            watcher = Watcher(monitor, sampler, our_name)
             events.emit(
                 "run.start",
                 schema_version=SCHEMA_VERSION,
@@ -162,6 +170,7 @@ class Runner:
                 groups=[_describe_group(group) for group in config.groups],
                 faults=asdict(config.faults),
                 monitor=asdict(config.monitor),
+                thresholds=[threshold.expression for threshold in config.thresholds],
                 seed=config.seed,
                 sources=dict(config.sources),
                 loadsim_version=__version__,
@@ -175,26 +184,28 @@ class Runner:
                 application_name=our_name,
                 events=events,
             )
-            started = time.perf_counter()
+            metrics.started = time.perf_counter()
             try:
-                await self._drive_clients(
-                    config, engine, monitor, events, measured, faults, sampler
-                )
-                elapsed = time.perf_counter() - started
+                await self._drive_clients(config, engine, monitor, events, faults, watcher)
+                ended = time.perf_counter()
                 pool_state = monitor.state()
                 server_sessions = await observer.sessions(our_name)
             finally:
                 monitor.disposing = True
                 await engine.dispose()
-            summary = summarise(
-                measured,
-                monitor.counters,
-                elapsed,
+            summary = metrics.summary(
+                ended,
+                monitor.counters_now(),
                 interrupted=self.outcome.interrupted_by is not None,
                 signal=self.outcome.interrupted_by,
                 pool_state=pool_state,
                 server_sessions=server_sessions,
             )
+            results = evaluate(config.thresholds, summary)
+            for result in results:
+                events.emit("run.threshold", **result)
+            if results:
+                summary["thresholds"] = results
             events.emit("run.end", summary=summary)
             events.flush()
             self.outcome.summaries.append({"scenario": config.scenario, **summary})
@@ -220,9 +231,8 @@ class Runner:
         engine: Any,
         monitor: PoolMonitor,
         events: EventLog,
-        measured: ClientMeasurements,
         faults: FaultInjector,
-        sampler: ServerObserver,
+        watcher: Watcher,
     ) -> None:
         if self._stop_requested.is_set():
             return
@@ -232,22 +242,32 @@ class Runner:
             monitor=monitor,
             events=events,
             workload=config.workload,
-            measured=measured,
+            metrics=monitor.metrics,
             seed=config.seed,
             clients=plan_clients(config.workload, config.groups),
             on_all_done=all_done.set,
         )
-        async with asyncio.TaskGroup() as group:
-            clients = [group.create_task(fleet.run_client(client)) for client in fleet.clients]
-            helpers = [
-                group.create_task(self._flush_periodically(events)),
-                group.create_task(self._stop_when_due(config, fleet, clients, all_done)),
-                group.create_task(self._watch(config, monitor, measured, events, sampler)),
-                group.create_task(faults.run()),
-            ]
-            await all_done.wait()
-            for helper in helpers:
-                helper.cancel()
+        if self.dashboard is not None:
+            self.dashboard.start()
+        try:
+            async with asyncio.TaskGroup() as group:
+                clients = [group.create_task(fleet.run_client(client)) for client in fleet.clients]
+                helpers = [
+                    group.create_task(self._flush_periodically(events)),
+                    group.create_task(self._stop_when_due(config, fleet, clients, all_done)),
+                    group.create_task(watcher.run()),
+                    group.create_task(faults.run()),
+                ]
+                if self.dashboard is not None:
+                    helpers.append(
+                        group.create_task(self._refresh_dashboard(self.dashboard, config, watcher))
+                    )
+                await all_done.wait()
+                for helper in helpers:
+                    helper.cancel()
+        finally:
+            if self.dashboard is not None:
+                self.dashboard.stop()
 
     async def _stop_when_due(
         self,
@@ -271,34 +291,33 @@ class Runner:
         for task in clients:
             task.cancel()
 
-    async def _watch(
-        self,
-        config: RunConfig,
-        monitor: PoolMonitor,
-        measured: ClientMeasurements,
-        events: EventLog,
-        sampler: ServerObserver,
+    async def _refresh_dashboard(
+        self, dashboard: Dashboard, config: RunConfig, watcher: Watcher
     ) -> None:
-        """`monitor.stats` every interval, with the server's own count of our sessions; leak
-        checks in between."""
-        interval = config.monitor.interval
-        tick = min(interval, LEAK_CHECK_INTERVAL_S) if config.monitor.leak_threshold else interval
-        window = Window(started=events.elapsed())
-        next_stats = interval
-        our_name = application_name(self.outcome.run_id)
+        monitor = watcher.monitor
+        metrics, counters = monitor.metrics, monitor.counters
         while True:
-            await asyncio.sleep(tick)
-            monitor.check_leaks()
-            if events.elapsed() + tick / 2 < next_stats:
-                continue
-            next_stats += interval
-            server = await sampler.sessions(our_name)
-            events.emit(
-                "monitor.stats",
-                **monitor.state(),
-                **window.snapshot(measured, monitor.counters, events.elapsed()),
-                server=server,
+            state = monitor.state()
+            dashboard.update(
+                DashboardSnapshot(
+                    scenario=config.scenario,
+                    elapsed_s=monitor.events.elapsed(),
+                    duration_s=config.workload.duration,
+                    pool_size=config.pool.pool_size,
+                    capacity=config.pool.capacity,
+                    used=state["connections_used"],
+                    idle=state["connections_idle"],
+                    overflow=state["overflow"],
+                    waiting=state["pending_requests"],
+                    oldest_wait_ms=monitor.oldest_wait_ms(),
+                    checkouts=metrics.checkouts,
+                    timeouts=metrics.timeouts,
+                    errors=metrics.errors,
+                    leaks=counters.leaks_suspected,
+                    stats=watcher.latest,
+                )
             )
+            await asyncio.sleep(1 / REFRESH_PER_SECOND)
 
     async def _flush_periodically(self, events: EventLog) -> None:
         while True:

@@ -20,6 +20,7 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 from loadsim.errors import ScenarioError
+from loadsim.thresholds import Threshold, parse_threshold
 
 # --------------------------------------------------------------------------- durations
 
@@ -397,6 +398,7 @@ _SCENARIO_KEYS = (
     "groups",
     "faults",
     "monitor",
+    "thresholds",
     *WORKLOAD_KEYS,
 )
 
@@ -421,6 +423,7 @@ class Scenario:
     groups: tuple[ClientGroup, ...] = ()
     faults: Faults = Faults()
     monitor: MonitorSettings = MonitorSettings()
+    thresholds: tuple[Threshold, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -537,6 +540,12 @@ def _parse_scenario(name: str, body: Mapping[str, Any], path: Path) -> Scenario:
     ):
         raise ScenarioError(f"{where} [monitor]: leak_reclaim must not be below leak_threshold")
     check_workload(workload, where, faults)
+    thresholds = body.get("thresholds", [])
+    if not isinstance(thresholds, list):
+        raise ScenarioError(
+            f"{where}: key 'thresholds': expected a list such as ['timeouts == 0'], "
+            f"got {thresholds!r}"
+        )
 
     pool = _parse_pool(_table(body.get("pool", {}), f"{where} [pool]"), f"{where} [pool]")
     return Scenario(
@@ -549,6 +558,9 @@ def _parse_scenario(name: str, body: Mapping[str, Any], path: Path) -> Scenario:
         groups=groups,
         faults=faults,
         monitor=monitor,
+        thresholds=tuple(
+            _parse_value(parse_threshold, item, where, "thresholds") for item in thresholds
+        ),
     )
 
 

@@ -27,6 +27,7 @@ from loadsim.scenario import (
     Workload,
     check_workload,
 )
+from loadsim.thresholds import Threshold, parse_threshold
 
 #: Environment variable → pool setting it controls.
 POOL_ENVIRONMENT = MappingProxyType(
@@ -87,6 +88,8 @@ class Flags:
     iterations: int | None = None
     seed: int | None = None
     log_level: str | None = None
+    #: Added to the scenario's own thresholds.
+    thresholds: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -101,6 +104,7 @@ class RunConfig:
     groups: tuple[ClientGroup, ...]
     faults: Faults
     monitor: MonitorSettings
+    thresholds: tuple[Threshold, ...]
     seed: int | None
     log_level: str
 
@@ -183,6 +187,8 @@ def resolve(
         groups=scenario.groups,
         faults=scenario.faults,
         monitor=scenario.monitor,
+        thresholds=scenario.thresholds
+        + tuple(_parse_flag(parse_threshold, text, "threshold") for text in flags.thresholds),
         seed=flags.seed,
         log_level=log_level,
         sources=MappingProxyType(sources),

@@ -1,117 +1,233 @@
-"""Aggregation: what the clients measured, summarised for `run.end` and the summary table."""
+"""Aggregation: latencies as HDR histograms, rates per window, utilisation, the run summary.
+
+Latencies are recorded in microseconds into a histogram for the current window; each
+`monitor.stats` snapshot folds the window into the run's histogram and starts a new one.
+Names follow OpenTelemetry's database client metrics: wait_time (db.client.connection.
+wait_time), use_time (.use_time), create_time (.create_time).
+"""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from loadsim.monitor import PoolCounters
+from hdrh.histogram import HdrHistogram
+
+PERCENTILES = (50.0, 90.0, 95.0, 99.0, 99.9)
+_LOWEST_US, _HIGHEST_US, _DIGITS = 1, 3_600_000_000, 3
 
 
-@dataclass
-class Tally:
-    """Count, sum and maximum of a series of milliseconds."""
+def _percentile_key(percentile: float) -> str:
+    return "p" + f"{percentile:g}".replace(".", "_")
 
-    count: int = 0
-    total: float = 0.0
-    maximum: float = 0.0
 
-    def add(self, value: float) -> None:
-        self.count += 1
-        self.total += value
-        if value > self.maximum:
-            self.maximum = value
+PERCENTILE_KEYS = tuple(_percentile_key(percentile) for percentile in PERCENTILES)
+LATENCY_STATS = ("count", "mean", *PERCENTILE_KEYS, "max")
+
+
+class Latency:
+    """A latency in milliseconds, kept as HDR histograms for the run and for the window."""
+
+    def __init__(self) -> None:
+        self._window = HdrHistogram(_LOWEST_US, _HIGHEST_US, _DIGITS)
+        self._run = HdrHistogram(_LOWEST_US, _HIGHEST_US, _DIGITS)
+
+    def add(self, milliseconds: float) -> None:
+        microseconds = min(max(int(milliseconds * 1000), _LOWEST_US), _HIGHEST_US)
+        self._window.record_value(microseconds)
 
     @property
-    def mean(self) -> float:
-        return self.total / self.count if self.count else 0.0
+    def count(self) -> int:
+        return int(self._run.get_total_count() + self._window.get_total_count())
 
-    def as_dict(self) -> dict[str, float]:
-        return {"count": self.count, "mean": round(self.mean, 3), "max": round(self.maximum, 3)}
+    def close_window(self) -> dict[str, float]:
+        """The window's figures; the window is then folded into the run and emptied."""
+        figures = _figures(self._window)
+        self._run.add(self._window)
+        self._window.reset()
+        return figures
+
+    def run_figures(self) -> dict[str, float]:
+        self._run.add(self._window)
+        self._window.reset()
+        return _figures(self._run)
+
+
+def _figures(histogram: HdrHistogram) -> dict[str, float]:
+    count = histogram.get_total_count()
+    if count == 0:
+        return {"count": 0}
+    values = histogram.get_percentile_to_value_dict(list(PERCENTILES))
+    figures: dict[str, float] = {
+        "count": count,
+        "mean": round(histogram.get_mean_value() / 1000, 3),
+    }
+    for percentile, key in zip(PERCENTILES, PERCENTILE_KEYS, strict=True):
+        figures[key] = round(values[percentile] / 1000, 3)
+    figures["max"] = round(histogram.get_max_value() / 1000, 3)
+    return figures
 
 
 @dataclass
-class ClientMeasurements:
-    """What the clients saw: waits, holds, timeouts, errors, and checkouts per client."""
+class Utilisation:
+    """Time-weighted connections in use, against the most the pool may open."""
+
+    capacity: int | None
+    started: float
+    _in_use: int = 0
+    _changed: float = 0.0
+    _area: float = 0.0  # connection-seconds in use since the window began
+    _window_started: float = 0.0
+    _run_area: float = 0.0
+    peak: float = 0.0
+
+    def __post_init__(self) -> None:
+        self._changed = self._window_started = self.started
+
+    def change(self, delta: int, now: float) -> None:
+        self._area += self._in_use * (now - self._changed)
+        self._in_use += delta
+        self._changed = now
+
+    def close_window(self, now: float) -> float | None:
+        """Mean utilisation over the window just ended (None: the pool has no limit)."""
+        self.change(0, now)
+        seconds = now - self._window_started
+        area, self._area, self._window_started = self._area, 0.0, now
+        self._run_area += area
+        if self.capacity is None or seconds <= 0:
+            return None
+        value = area / (self.capacity * seconds)
+        self.peak = max(self.peak, value)
+        return round(value, 4)
+
+    def run_mean(self, now: float) -> float | None:
+        self.close_window(now)
+        seconds = now - self.started
+        if self.capacity is None or seconds <= 0:
+            return None
+        return round(self._run_area / (self.capacity * seconds), 4)
+
+
+@dataclass
+class Window:
+    """Counts and rates over the interval since the previous `monitor.stats` snapshot."""
+
+    started: float
+    _last: dict[str, int] = field(default_factory=dict)
+
+    def close(self, totals: dict[str, int], now: float) -> dict[str, Any]:
+        seconds = max(now - self.started, 1e-9)
+        window = {
+            key: value - self._last.get(key, 0)
+            for key, value in totals.items()
+            if not key.startswith("max_")  # high-water marks are not counts
+        }
+        self._last, self.started = dict(totals), now
+        return {
+            "interval_s": round(seconds, 3),
+            "window": window,
+            "checkouts_per_s": round(window.get("checkouts", 0) / seconds, 2),
+            "connects_per_s": round(window.get("connects", 0) / seconds, 2),
+        }
+
+
+@dataclass
+class RunMetrics:
+    """Every figure of one scenario's run. Clients record waits, uses, queries, timeouts and
+    errors; the pool monitor records connection create times and changes in use."""
 
     clients: int
-    wait_ms: Tally = field(default_factory=Tally)
-    hold_ms: Tally = field(default_factory=Tally)
+    capacity: int | None
+    started: float
+    wait_time: Latency = field(default_factory=Latency)
+    use_time: Latency = field(default_factory=Latency)
+    query_time: Latency = field(default_factory=Latency)
+    create_time: Latency = field(default_factory=Latency)
+    checkouts: int = 0
     timeouts: int = 0
     errors: int = 0
     errors_by_kind: dict[str, int] = field(default_factory=dict)
     checkouts_per_client: list[int] = field(default_factory=list)
+    utilisation: Utilisation = field(init=False)
+    window: Window = field(init=False)
 
     def __post_init__(self) -> None:
         self.checkouts_per_client = [0] * self.clients
+        self.utilisation = Utilisation(self.capacity, self.started)
+        self.window = Window(self.started)
 
     def error(self, kind: str) -> None:
         self.errors += 1
         self.errors_by_kind[kind] = self.errors_by_kind.get(kind, 0) + 1
 
+    def snapshot(self, now: float, pool_counters: dict[str, int]) -> dict[str, Any]:
+        """`monitor.stats`: the window's rates and latencies, and the running totals."""
+        totals = {
+            "checkouts": self.checkouts,
+            "timeouts": self.timeouts,
+            "errors": self.errors,
+            **pool_counters,
+        }
+        return {
+            **self.window.close(totals, now),
+            "utilisation": self.utilisation.close_window(now),
+            "wait_time_ms": self.wait_time.close_window(),
+            "use_time_ms": self.use_time.close_window(),
+            "query_time_ms": self.query_time.close_window(),
+            "create_time_ms": self.create_time.close_window(),
+            "totals": totals,
+        }
 
-def summarise(
-    measured: ClientMeasurements, pool: PoolCounters, elapsed: float, **extra: Any
-) -> dict[str, Any]:
-    per_client = sorted(measured.checkouts_per_client)
-    checkouts = measured.wait_ms.count
+    def summary(self, now: float, pool_counters: dict[str, int], **extra: Any) -> dict[str, Any]:
+        """`run.end`: the whole run."""
+        elapsed = now - self.started
+        utilisation_mean = self.utilisation.run_mean(now)
+        return {
+            "elapsed_s": round(elapsed, 3),
+            "clients": self.clients,
+            "checkouts": self.checkouts,
+            "checkouts_per_s": rate(self.checkouts, elapsed),
+            "timeouts": self.timeouts,
+            "errors": self.errors,
+            "errors_by_kind": dict(self.errors_by_kind),
+            **pool_counters,
+            "connects_per_s": rate(pool_counters.get("connects", 0), elapsed),
+            "reuse_ratio": (
+                round(self.checkouts / pool_counters["connects"], 2)
+                if pool_counters.get("connects")
+                else None
+            ),
+            "wait_time_ms": self.wait_time.run_figures(),
+            "use_time_ms": self.use_time.run_figures(),
+            "query_time_ms": self.query_time.run_figures(),
+            "create_time_ms": self.create_time.run_figures(),
+            "utilisation_mean": utilisation_mean,
+            "utilisation_max": (
+                round(self.utilisation.peak, 4) if self.capacity is not None else None
+            ),
+            "checkouts_per_client": fairness(self.checkouts_per_client),
+            **extra,
+        }
+
+
+def fairness(checkouts_per_client: list[int]) -> dict[str, Any]:
+    """How evenly the pool served the clients: min, median, max checkouts per client, the
+    share that got none, and Jain's fairness index (1 = perfectly even)."""
+    counts = sorted(checkouts_per_client)
+    if not counts:
+        return {"min": 0, "median": 0, "max": 0, "starved_share": 0.0, "jain_index": None}
+    total = sum(counts)
+    squares = sum(count * count for count in counts)
     return {
-        "elapsed_s": round(elapsed, 3),
-        "clients": measured.clients,
-        "checkouts": checkouts,
-        "checkouts_per_s": round(checkouts / elapsed, 2) if elapsed > 0 else 0.0,
-        "connects": pool.connects,
-        "closes": pool.closes,
-        "invalidations": pool.invalidations,
-        "timeouts": measured.timeouts,
-        "errors": measured.errors,
-        "errors_by_kind": dict(measured.errors_by_kind),
-        "wait_ms": measured.wait_ms.as_dict(),
-        "hold_ms": measured.hold_ms.as_dict(),
-        "connect_time_ms": {
-            "mean": round(pool.connect_time_total_ms / pool.connects, 3) if pool.connects else 0.0
-        },
-        "max_open": pool.max_open,
-        "leaks_suspected": pool.leaks,
-        "leaks_reclaimed": pool.reclaimed,
-        "leaks_collected": pool.collected,
-        "max_pending_requests": pool.max_waiting,
-        "checkouts_per_client": {
-            "min": per_client[0] if per_client else 0,
-            "median": per_client[len(per_client) // 2] if per_client else 0,
-            "max": per_client[-1] if per_client else 0,
-        },
-        "reuse_ratio": round(checkouts / pool.connects, 2) if pool.connects else None,
-        **extra,
+        "min": counts[0],
+        "median": counts[len(counts) // 2],
+        "max": counts[-1],
+        "starved_share": round(sum(1 for count in counts if count == 0) / len(counts), 4),
+        "jain_index": round(total * total / (len(counts) * squares), 4) if squares else None,
     }
 
 
-@dataclass
-class Window:
-    """Rates over the interval since the previous `monitor.stats` snapshot."""
-
-    started: float = 0.0
-    _last: dict[str, int] = field(default_factory=dict)
-
-    def snapshot(
-        self, measured: ClientMeasurements, pool: PoolCounters, now: float
-    ) -> dict[str, Any]:
-        totals = {
-            "checkouts": measured.wait_ms.count,
-            "connects": pool.connects,
-            "closes": pool.closes,
-            "timeouts": measured.timeouts,
-            "errors": measured.errors,
-            "invalidations": pool.invalidations,
-            "leaks": pool.leaks,
-        }
-        seconds = max(now - self.started, 1e-9)
-        window = {key: value - self._last.get(key, 0) for key, value in totals.items()}
-        self._last, self.started = totals, now
-        return {
-            "interval_s": round(seconds, 3),
-            "window": window,
-            "checkouts_per_s": round(window["checkouts"] / seconds, 2),
-            "connects_per_s": round(window["connects"] / seconds, 2),
-            "totals": totals,
-        }
+def rate(count: int, seconds: float) -> float:
+    return round(count / seconds, 2) if seconds > 0 and math.isfinite(seconds) else 0.0

@@ -18,9 +18,10 @@ _ROWS: tuple[tuple[str, str], ...] = (
     ("checkouts per connect", "reuse_ratio"),
     ("max open connections", "max_open"),
     ("max waiting clients", "max_pending_requests"),
-    ("wait ms (mean / max)", "wait_ms"),
-    ("hold ms (mean / max)", "hold_ms"),
-    ("connect ms (mean)", "connect_time_ms"),
+    ("utilisation (mean / max)", "utilisation"),
+    ("wait ms (p50 / p99 / max)", "wait_time_ms"),
+    ("use ms (p50 / p99 / max)", "use_time_ms"),
+    ("connect ms (p50 / p99 / max)", "create_time_ms"),
     ("timeouts", "timeouts"),
     ("errors", "errors"),
     ("leaks suspected", "leaks_suspected"),
@@ -33,7 +34,7 @@ def format_summary(summaries: list[dict[str, Any]]) -> str:
     header = ["", *(summary["scenario"] for summary in summaries)]
     rows = [header]
     for label, key in _ROWS:
-        rows.append([label, *(_cell(summary.get(key)) for summary in summaries)])
+        rows.append([label, *(_cell(_value(summary, key)) for summary in summaries)])
     widths = [max(len(row[column]) for row in rows) for column in range(len(header))]
     lines: list[str] = [
         "  ".join(
@@ -60,11 +61,18 @@ def _comparisons(summaries: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _value(summary: dict[str, Any], key: str) -> Any:
+    if key == "utilisation":
+        mean, peak = summary.get("utilisation_mean"), summary.get("utilisation_max")
+        return "-" if mean is None else f"{mean:.0%} / {peak:.0%}"
+    return summary.get(key)
+
+
 def _cell(value: Any) -> str:
-    if isinstance(value, dict) and "max" in value:
-        return f"{value['mean']:.1f} / {value['max']:.1f}"
-    if isinstance(value, dict) and "mean" in value:
-        return f"{value['mean']:.1f}"
+    if isinstance(value, dict) and "p50" in value:
+        return f"{value['p50']:.1f} / {value['p99']:.1f} / {value['max']:.1f}"
+    if isinstance(value, dict) and "count" in value:
+        return "-"
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, float):

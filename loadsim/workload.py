@@ -28,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from loadsim.events import EventLog
 from loadsim.monitor import PoolMonitor, current_client
 from loadsim.scenario import ClientGroup, Workload
-from loadsim.stats import ClientMeasurements
+from loadsim.stats import RunMetrics
 
 _SLEEP = text("SELECT pg_sleep(:hold)")
 _OPEN_TRANSACTION = text("SELECT 1")
@@ -72,7 +72,7 @@ class ClientFleet:
     monitor: PoolMonitor
     events: EventLog
     workload: Workload
-    measured: ClientMeasurements
+    metrics: RunMetrics
     seed: int | None
     clients: list[Client]
     states: list[ClientState] = field(default_factory=list)
@@ -156,29 +156,31 @@ class ClientFleet:
     ) -> None:
         """Checks a connection out, uses it, returns it; records the wait, the hold, and a
         timeout or an error instead of raising it."""
-        states, events, monitor, measured = self.states, self.events, self.monitor, self.measured
+        states, events, monitor, metrics = self.states, self.events, self.monitor, self.metrics
         states[client.id] = ClientState.WAITING
         events.emit("client.waiting", client=client.id)
-        monitor.client_waiting(+1)
         asked = time.perf_counter()
+        monitor.waiting_started(client.id, asked)
         waiting = True
         try:
             async with self.engine.connect() as connection:
                 acquired = time.perf_counter()
                 waiting = False
-                monitor.client_waiting(-1)
+                monitor.waiting_ended(client.id)
                 states[client.id] = ClientState.HOLDING
                 wait_ms = (acquired - asked) * 1000
-                measured.wait_ms.add(wait_ms)
-                measured.checkouts_per_client[client.id] += 1
+                metrics.wait_time.add(wait_ms)
+                metrics.checkouts += 1
+                metrics.checkouts_per_client[client.id] += 1
                 conn = monitor.last_checkout.get(client.id)
                 events.emit(
                     "client.acquired", client=client.id, conn=conn, wait_ms=round(wait_ms, 3)
                 )
                 await use(connection)
+                metrics.query_time.add((time.perf_counter() - acquired) * 1000)
                 invalidated = connection.invalidated
             held_ms = (time.perf_counter() - acquired) * 1000
-            measured.hold_ms.add(held_ms)
+            metrics.use_time.add(held_ms)
             events.emit(
                 "client.released",
                 client=client.id,
@@ -187,8 +189,8 @@ class ClientFleet:
                 **({"invalidated": True} if invalidated else {}),
             )
         except exc.TimeoutError as error:
-            measured.timeouts += 1
-            monitor.client_waiting(-1)
+            metrics.timeouts += 1
+            monitor.waiting_ended(client.id)
             waiting = False
             events.emit(
                 "client.timeout",
@@ -200,10 +202,10 @@ class ClientFleet:
         except _DATABASE_ERRORS as error:
             phase = "connect" if waiting else "query"
             if waiting:
-                monitor.client_waiting(-1)
+                monitor.waiting_ended(client.id)
                 waiting = False
             kind = _error_kind(error)
-            measured.error(f"{phase}:{kind}")
+            metrics.error(f"{phase}:{kind}")
             events.emit(
                 "client.error",
                 client=client.id,
@@ -215,7 +217,7 @@ class ClientFleet:
             await asyncio.sleep(ERROR_BACKOFF_S)
         finally:
             if waiting:
-                monitor.client_waiting(-1)
+                monitor.waiting_ended(client.id)
             states[client.id] = ClientState.IDLE
 
 

@@ -1,0 +1,121 @@
+"""Thresholds, k6 style: `wait_time_p95_ms < 100`, `timeouts == 0`, `utilisation_max <= 0.9`.
+
+Declared in a scenario (`thresholds = [...]`) or with `--threshold`, checked when the scenario
+is resolved (an unknown metric is an error then, not at the end of a long run), evaluated
+against the run's summary at the end. Any failure makes the exit code 1.
+"""
+
+from __future__ import annotations
+
+import difflib
+import operator
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from loadsim.stats import LATENCY_STATS
+
+_LATENCIES = ("wait_time", "use_time", "query_time", "create_time")
+_COUNTS = (
+    "checkouts",
+    "checkouts_per_s",
+    "timeouts",
+    "errors",
+    "connects",
+    "connects_per_s",
+    "closes",
+    "invalidations",
+    "max_open",
+    "max_pending_requests",
+    "leaks_suspected",
+    "leaks_reclaimed",
+    "leaks_collected",
+    "utilisation_mean",
+    "utilisation_max",
+    "reuse_ratio",
+)
+#: Short names people reach for first.
+_ALIASES = {"leaks": "leaks_suspected", "utilisation": "utilisation_max"}
+
+METRICS: tuple[str, ...] = (
+    *_COUNTS,
+    *_ALIASES,
+    *(
+        f"{latency}_{stat}_ms"
+        for latency in _LATENCIES
+        for stat in LATENCY_STATS
+        if stat != "count"
+    ),
+)
+
+_OPERATORS: Mapping[str, Callable[[float, float], bool]] = {
+    "<=": operator.le,
+    ">=": operator.ge,
+    "==": operator.eq,
+    "!=": operator.ne,
+    "<": operator.lt,
+    ">": operator.gt,
+}
+_EXPRESSION = re.compile(r"^\s*([a-z0-9_]+)\s*(<=|>=|==|!=|<|>)\s*(-?\d+(?:\.\d*)?|-?\.\d+)\s*$")
+
+
+@dataclass(frozen=True)
+class Threshold:
+    expression: str
+    metric: str
+    comparison: str
+    limit: float
+
+    def evaluate(self, summary: Mapping[str, Any]) -> dict[str, Any]:
+        value = metric_value(summary, self.metric)
+        passed = value is not None and _OPERATORS[self.comparison](value, self.limit)
+        return {
+            "threshold": self.expression,
+            "metric": self.metric,
+            "value": value,
+            "passed": passed,
+        }
+
+
+def parse_threshold(text: object) -> Threshold:
+    """A Threshold from `METRIC OP NUMBER`; ValueError saying what is wrong."""
+    if not isinstance(text, str):
+        raise ValueError(f"expected a threshold such as 'timeouts == 0', got {text!r}")
+    match = _EXPRESSION.match(text)
+    if match is None:
+        raise ValueError(
+            f"expected METRIC OP NUMBER such as 'wait_time_p95_ms < 100' (OP one of "
+            f"{', '.join(_OPERATORS)}), got {text!r}"
+        )
+    metric, comparison, limit = match.groups()
+    if metric not in METRICS:
+        close = difflib.get_close_matches(metric, METRICS, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(
+            f"unknown metric {metric!r} in threshold {text!r}{hint}; metrics: counts such as "
+            "timeouts, errors, leaks, checkouts_per_s, utilisation_max, and latencies "
+            "wait_time_/use_time_/query_time_/create_time_ + mean, p50, p90, p95, p99, "
+            "p99_9, max + _ms"
+        )
+    return Threshold(" ".join((metric, comparison, limit)), metric, comparison, float(limit))
+
+
+def metric_value(summary: Mapping[str, Any], metric: str) -> float | None:
+    """A metric's value in a run summary (None when the run has no such figure)."""
+    metric = _ALIASES.get(metric, metric)
+    for latency in _LATENCIES:
+        prefix = latency + "_"
+        if metric.startswith(prefix) and metric.endswith("_ms"):
+            figures = summary.get(f"{latency}_ms") or {}
+            stat = metric[len(prefix) : -len("_ms")]
+            value = figures.get(stat)
+            if value is None and figures.get("count") == 0:
+                return 0.0  # nothing was measured: no wait is a wait of 0
+            return None if value is None else float(value)
+    value = summary.get(metric)
+    return None if value is None else float(value)
+
+
+def evaluate(thresholds: tuple[Threshold, ...], summary: Mapping[str, Any]) -> list[dict[str, Any]]:
+    return [threshold.evaluate(summary) for threshold in thresholds]
