@@ -72,8 +72,7 @@ class Runner:
         self.outcome = RunOutcome(run_id=uuid.uuid4().hex[:12])
         self._server: EmbeddedPostgres | None = None
         self._stop_requested = asyncio.Event()
-        self._fleet: ClientFleet | None = None
-        self._client_tasks: list[asyncio.Task[None]] = []
+        self._stop_reason: str | None = None
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -197,6 +196,7 @@ class Runner:
                 ended,
                 monitor.counters_now(),
                 interrupted=self.outcome.interrupted_by is not None,
+                stop_reason=self._stop_reason or self._why_stop() or "iterations",
                 signal=self.outcome.interrupted_by,
                 pool_state=pool_state,
                 server_sessions=server_sessions,
@@ -234,6 +234,7 @@ class Runner:
         faults: FaultInjector,
         watcher: Watcher,
     ) -> None:
+        self._stop_reason = None
         if self._stop_requested.is_set():
             return
         all_done = asyncio.Event()
@@ -269,6 +270,13 @@ class Runner:
             if self.dashboard is not None:
                 self.dashboard.stop()
 
+    def _why_stop(self) -> str | None:
+        if self.outcome.interrupted_by is not None:
+            return f"signal {self.outcome.interrupted_by}"
+        if self.outcome.output_closed:
+            return "output closed"
+        return None
+
     async def _stop_when_due(
         self,
         config: RunConfig,
@@ -280,6 +288,7 @@ class Runner:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(duration):
                 await self._stop_requested.wait()
+        self._stop_reason = "duration" if not self._stop_requested.is_set() else self._why_stop()
         fleet.stopping = True
         interrupted = self.outcome.interrupted_by is not None or self.outcome.output_closed
         for client, task in enumerate(clients):

@@ -1,0 +1,40 @@
+"""README.md is the front door: what it shows must be true of the code."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from loadsim.scenario import load_scenarios, parse_scenarios
+from loadsim.settings import ENVIRONMENT_VARIABLES
+from tests.conftest import REPOSITORY
+
+README = (REPOSITORY / "README.md").read_text(encoding="utf-8")
+
+
+def test_the_toml_examples_are_valid_scenarios() -> None:
+    blocks = re.findall(r"```toml\n(.*?)```", README, flags=re.DOTALL)
+    assert blocks
+    loaded = parse_scenarios("\n".join(blocks), Path("README.md"))
+    assert loaded.scenarios  # the examples declare at least one scenario, and all of it parses
+
+
+def test_every_scenario_in_the_tour_is_shipped() -> None:
+    tour = README.split("## A tour of the scenarios", 1)[1].split("\n## ", 1)[0]
+    named = set(re.findall(r"\*\*`([a-z-]+)`\*\*", tour))
+    shipped = set(load_scenarios(REPOSITORY / "scenarios.toml").scenarios)
+    assert named == shipped
+
+
+def test_every_environment_variable_is_documented() -> None:
+    example = (REPOSITORY / ".env.example").read_text(encoding="utf-8")
+    for variable in ENVIRONMENT_VARIABLES:
+        assert f"`{variable}`" in README
+        assert variable in example
+
+
+def test_the_two_commands_are_the_ones_ci_runs() -> None:
+    ci = (REPOSITORY / ".ci" / "run").read_text(encoding="utf-8")
+    test_command = re.search(r"Run the tests.*?```sh\n(.*?)\n```", README, flags=re.DOTALL)
+    assert test_command is not None
+    assert test_command.group(1) in ci
