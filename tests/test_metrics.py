@@ -6,6 +6,7 @@ import io
 import json
 import os
 import pty
+import random
 import subprocess
 import sys
 import threading
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hdrh.histogram import HdrHistogram
 from rich.console import Console
 
 from loadsim.dashboard import DashboardSnapshot, render
@@ -39,6 +41,21 @@ def test_latency_percentiles_match_the_recorded_values() -> None:
     latency.add(5000.0)
     assert latency.close_window()["count"] == 1  # a window starts empty
     assert latency.run_figures()["count"] == 1001  # ... and the run keeps everything
+
+
+def test_percentiles_agree_with_hdrhistograms_own() -> None:
+    rng = random.Random(7)
+    for count in (1, 3, 100, 5000):
+        latency, reference = Latency(), HdrHistogram(1, 3_600_000_000, 3)
+        for _ in range(count):
+            value = rng.expovariate(1 / 200.0)
+            latency.add(value)
+            reference.record_value(max(1, int(value * 1000)))
+        figures = latency.close_window()
+        for percentile in (50, 90, 95, 99, 99.9):
+            key = "p" + f"{percentile:g}".replace(".", "_")
+            assert figures[key] == round(reference.get_value_at_percentile(percentile) / 1000, 3)
+        assert figures["max"] == round(reference.get_max_value() / 1000, 3)
 
 
 def test_utilisation_is_time_weighted() -> None:
