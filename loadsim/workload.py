@@ -211,6 +211,7 @@ class ClientFleet:
                 client=client.id,
                 phase=phase,
                 error=kind,
+                sqlstate=getattr(_root_cause(error), "sqlstate", None),
                 message=_first_line(error),
             )
             states[client.id] = ClientState.IDLE
@@ -244,12 +245,20 @@ def _pool_state_at_timeout(monitor: PoolMonitor) -> dict[str, int]:
     }
 
 
+def _root_cause(error: BaseException) -> BaseException:
+    """The driver's own exception behind SQLAlchemy's wrappers (asyncpg's error names the
+    problem: TooManyConnectionsError, ConnectionDoesNotExistError, ...)."""
+    original = getattr(error, "orig", None) or error
+    cause = original.__cause__
+    if isinstance(cause, asyncpg.PostgresError | asyncpg.InterfaceError | OSError):
+        return cause
+    return original
+
+
 def _error_kind(error: BaseException) -> str:
-    original = getattr(error, "orig", None)
-    return type(original if original is not None else error).__name__
+    return type(_root_cause(error)).__name__
 
 
 def _first_line(error: BaseException) -> str:
-    original = getattr(error, "orig", None)
-    lines = str(original if original is not None else error).strip().splitlines()
+    lines = str(_root_cause(error)).strip().splitlines()
     return lines[0] if lines else type(error).__name__

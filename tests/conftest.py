@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -77,6 +78,30 @@ def parse_events(stdout: str) -> list[dict[str, Any]]:
         except json.JSONDecodeError:
             pytest.fail(f"stdout line {number} is not JSON: {line[:200]!r}")
     return events
+
+
+def embedded_server_processes() -> list[str]:
+    """Command lines of every embedded PostgreSQL process loadsim started on this machine."""
+    listing = subprocess.run(["ps", "-ww", "-eo", "args"], capture_output=True, text=True).stdout
+    return [line for line in listing.splitlines() if "loadsim-pg-" in line]
+
+
+def server_directories_of(pid: int) -> list[Path]:
+    """The embedded servers' directories that the loadsim process `pid` owns."""
+    found = []
+    for directory in Path(tempfile.gettempdir()).glob("loadsim-pg-*"):
+        try:
+            if (directory / "owner.pid").read_text() == str(pid):
+                found.append(directory)
+        except OSError:
+            continue
+    return found
+
+
+def assert_server_gone(directory: Path) -> None:
+    """The embedded server that lived in `directory` is stopped and its files deleted."""
+    assert not directory.exists(), f"{directory} is still there"
+    assert not [line for line in embedded_server_processes() if str(directory) in line]
 
 
 def write_scenarios(directory: Path, text: str, name: str = "scenarios.toml") -> Path:

@@ -8,8 +8,8 @@ event stream). Passwords never appear in anything loadsim prints.
 from __future__ import annotations
 
 import subprocess
-import tomllib
 import time
+import tomllib
 from pathlib import Path
 
 import pytest

@@ -18,7 +18,15 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from loadsim.database import asyncpg_arguments
-from tests.conftest import RunLoadsim, clean_environment, parse_events, write_scenarios
+from tests.conftest import (
+    RunLoadsim,
+    assert_server_gone,
+    clean_environment,
+    embedded_server_processes,
+    parse_events,
+    server_directories_of,
+    write_scenarios,
+)
 
 POOL_EVENT_COUNTS = (
     "connections_total",
@@ -269,31 +277,29 @@ def test_console_format_is_for_people(loadsim: RunLoadsim, database_url: str) ->
         json.loads(result.stdout.splitlines()[0])
 
 
-def _leftover_embedded_servers() -> list[str]:
-    listing = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
-    return [line for line in listing.splitlines() if "loadsim-pg-" in line]
-
-
 def test_embedded_server_is_started_and_stopped(tmp_path: Path) -> None:
-    before = _leftover_embedded_servers()
-    result = subprocess.run(
+    process = subprocess.Popen(
         [sys.executable, "-m", "loadsim", "run", "normal", "--iterations", "3"],
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
         env=clean_environment(),
         cwd=tmp_path,
-        timeout=120,
     )
-    assert result.returncode == 0, result.stderr
-    events = parse_events(result.stdout)
+    assert process.stdout is not None
+    first = process.stdout.readline()
+    (directory,) = server_directories_of(process.pid)
+    assert any(str(directory) in line for line in embedded_server_processes())
+    rest, stderr = process.communicate(timeout=120)
+    assert process.returncode == 0, stderr
+    events = parse_events(first + rest)
     assert events[0]["database"] == "embedded"
     assert events[0]["server_version"].startswith("18")
     assert events[-1]["summary"]["checkouts"] == 9
-    assert _leftover_embedded_servers() == before
+    assert_server_gone(directory)
 
 
 def test_ctrl_c_ends_the_run_cleanly(tmp_path: Path) -> None:
-    before = _leftover_embedded_servers()
     process = subprocess.Popen(
         [
             sys.executable,
@@ -315,6 +321,7 @@ def test_ctrl_c_ends_the_run_cleanly(tmp_path: Path) -> None:
     assert process.stdout is not None
     first = process.stdout.readline()  # run.start: the server is up and clients are starting
     assert json.loads(first)["event"] == "run.start"
+    (directory,) = server_directories_of(process.pid)
     time.sleep(1)
     process.send_signal(signal.SIGINT)
     stopped = time.monotonic()
@@ -326,4 +333,4 @@ def test_ctrl_c_ends_the_run_cleanly(tmp_path: Path) -> None:
     assert events[-1]["event"] == "run.end"
     assert events[-1]["summary"]["interrupted"] is True
     assert events[-1]["summary"]["signal"] == "SIGINT"
-    assert _leftover_embedded_servers() == before
+    assert_server_gone(directory)

@@ -1,0 +1,525 @@
+"""One streaming pass over a run log, folding its events into what the charts need.
+
+Nothing here keeps events. Each scenario of a log (one `run.start` … `run.end` section) becomes
+a `ScenarioData`: the configuration and summary, one lane per connection (when it opened and
+closed, why, how many checkouts it served), the checkouts as bars (start, end, lane, client)
+in compact arrays, marks on the lanes, the pool's counts over time as peaks per window, the
+monitor's one-second snapshots, per-client counts, and histograms of wait, use and connect
+times. Everything that could grow with the log is capped and thinned evenly (see `series`);
+`ScenarioData` says when it was, and the charts say so too.
+"""
+
+from __future__ import annotations
+
+import math
+from array import array
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from loadsim.errors import EventLogError
+from loadsim.report.reader import Event, LogSource, Note, read_events
+from loadsim.report.series import LogHistogram, PeakSeries, Sampled
+
+#: Caps on what is kept per scenario (rows past a cap are thinned evenly, and said).
+MAX_BARS = 200_000
+MAX_MARKS = 50_000
+MAX_MONITOR_ROWS = 20_000
+MAX_INSTANTS = 20_000  # timeouts, errors
+MAX_LISTED = 1_000  # faults, alerts
+MAX_MESSAGES = 50  # run.warning messages kept for the page
+
+#: The envelope every event carries; the rest of run.start is the configuration.
+ENVELOPE = ("ts", "t", "event", "run_id", "scenario", "instance")
+
+#: Marks on the timeline's lanes, by kind (an index into this tuple is stored per mark).
+MARK_KINDS: tuple[str, ...] = (
+    "connect",
+    "invalidate",
+    "soft_invalidate",
+    "detach",
+    "leak",
+    "cancelled",
+    "close",  # close marks are "close" + cause; the cause is looked up in Lanes.causes
+)
+_MARK = {kind: index for index, kind in enumerate(MARK_KINDS)}
+
+#: Columns of monitor rows.
+MONITOR_COLUMNS: tuple[str, ...] = (
+    "t",
+    "utilisation",
+    "checkouts_per_s",
+    "wait_p50",
+    "wait_p95",
+    "wait_p99",
+    "wait_max",
+    "use_p50",
+    "use_p95",
+    "use_p99",
+    "use_max",
+    "server_sessions",
+    "connections_total",
+    "pending_requests",
+)
+_PERCENTILE_KEYS = ("p50", "p95", "p99", "max")
+
+
+@dataclass
+class ClientStats:
+    checkouts: int = 0
+    waits: int = 0
+    wait_sum_ms: float = 0.0
+    wait_max_ms: float = 0.0
+    timeouts: int = 0
+    errors: int = 0
+
+    @property
+    def wait_mean_ms(self) -> float:
+        return self.wait_sum_ms / self.waits if self.waits else math.nan
+
+
+class Lanes:
+    """One lane per connection, in the order they opened: compact arrays indexed by lane."""
+
+    def __init__(self) -> None:
+        self.conn = array("q")
+        self.instance = array("q")
+        self.opened = array("d")
+        self.closed = array("d")  # NaN while open
+        self.cause = array("h")  # index into `causes`; -1 while open
+        self.checkouts = array("q")
+        self.causes: list[str] = []
+        self._cause_index: dict[str, int] = {}
+        self.open: dict[tuple[int, int], int] = {}  # (instance, conn) → lane, while open
+
+    def __len__(self) -> int:
+        return len(self.conn)
+
+    def add(self, instance: int, conn: int, t: float) -> int:
+        lane = len(self.conn)
+        self.conn.append(conn)
+        self.instance.append(instance)
+        self.opened.append(t)
+        self.closed.append(math.nan)
+        self.cause.append(-1)
+        self.checkouts.append(0)
+        self.open[(instance, conn)] = lane
+        return lane
+
+    def close(self, lane: int, t: float, cause: str) -> None:
+        index = self._cause_index.get(cause)
+        if index is None:
+            index = self._cause_index[cause] = len(self.causes)
+            self.causes.append(cause)
+        self.closed[lane] = t
+        self.cause[lane] = index
+        self.open.pop((self.instance[lane], self.conn[lane]), None)
+
+    def cause_of(self, lane: int) -> str | None:
+        index = self.cause[lane]
+        return None if index < 0 else self.causes[index]
+
+
+@dataclass
+class Fault:
+    t: float
+    end_t: float
+    kind: str  # "restart", "terminate"
+    label: str
+
+
+@dataclass
+class ScenarioData:
+    """What the charts and the page need to know about one scenario of one log."""
+
+    source: str
+    scenario: str
+    run_id: str
+    start: Event  # run.start, as written
+    summary: dict[str, Any] | None = None  # run.end's summary; None if the run did not end
+    first_line: int = 0
+    last_t: float = 0.0
+    events: Counter[str] = field(default_factory=Counter)
+    lanes: Lanes = field(default_factory=Lanes)
+    #: checkouts: start, end (s), lane, client (-1: none)
+    bars: Sampled = field(default_factory=lambda: Sampled("ddqq", MAX_BARS))
+    #: marks on lanes: t, lane, kind (index into MARK_KINDS), cause (for closes; -1)
+    marks: Sampled = field(default_factory=lambda: Sampled("dqhh", MAX_MARKS))
+    pool: PeakSeries = field(default_factory=PeakSeries)
+    monitor: Sampled = field(
+        default_factory=lambda: Sampled("d" * len(MONITOR_COLUMNS), MAX_MONITOR_ROWS)
+    )
+    timeouts: Sampled = field(default_factory=lambda: Sampled("d", MAX_INSTANTS))
+    errors: Sampled = field(default_factory=lambda: Sampled("d", MAX_INSTANTS))
+    faults: list[Fault] = field(default_factory=list)
+    alerts: list[tuple[float, str]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    thresholds: list[dict[str, Any]] = field(default_factory=list)
+    clients: dict[int, ClientStats] = field(default_factory=dict)
+    wait_ms: LogHistogram = field(default_factory=LogHistogram)
+    use_ms: LogHistogram = field(default_factory=LogHistogram)
+    connect_ms: LogHistogram = field(default_factory=LogHistogram)
+    checkouts: int = 0
+    still_held: int = 0  # checkouts not returned when the log ends
+    _open_bars: dict[int, tuple[float, int]] = field(default_factory=dict)  # lane → start
+
+    @property
+    def label(self) -> str:
+        return self.scenario
+
+    @property
+    def complete(self) -> bool:
+        return self.summary is not None
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return {key: value for key, value in self.start.items() if key not in ENVELOPE}
+
+    @property
+    def pool_config(self) -> dict[str, Any]:
+        pool = self.start.get("pool")
+        return pool if isinstance(pool, dict) else {}
+
+    @property
+    def duration_s(self) -> float:
+        """How long the scenario ran: run.end's elapsed time, else the last event's time."""
+        elapsed = (self.summary or {}).get("elapsed_s")
+        if isinstance(elapsed, int | float) and elapsed > 0:
+            return max(float(elapsed), self.last_t)
+        return self.last_t
+
+
+@dataclass
+class LogData:
+    """Every scenario of one log, in order, and what was noted while reading it."""
+
+    source: LogSource
+    scenarios: list[ScenarioData]
+    notes: list[str]
+    lines: int
+
+
+def read_log(source: LogSource, note: Note | None = None) -> LogData:
+    """Reads and folds one log in a single streaming pass."""
+    notes: list[str] = []
+
+    def noted(message: str) -> None:
+        notes.append(message)
+        if note is not None:
+            note(message)
+
+    folder = Folder(source.label)
+    lines = 0
+    for number, event in read_events(source, noted):
+        folder.feed(number, event)
+        lines = number
+    scenarios = folder.finish()
+    for data in scenarios:
+        if not data.complete:
+            noted(
+                f"{source.label}: scenario {data.scenario!r} has no run.end (the run was "
+                "interrupted?): its figures are computed from the events that are there"
+            )
+        if data.still_held:
+            noted(
+                f"{source.label}: scenario {data.scenario!r}: {data.still_held} checkout(s) "
+                "were never returned before the log ends; drawn up to its last event"
+            )
+    return LogData(source, scenarios, notes, lines)
+
+
+Handler = Callable[["ScenarioData", Event, float], None]
+
+
+class Folder:
+    """Folds events, one at a time, into a ScenarioData per scenario."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self._scenarios: dict[tuple[Any, str], ScenarioData] = {}
+        self._order: list[ScenarioData] = []
+        self._last_key: tuple[Any, str] | None = None
+        self._last: ScenarioData | None = None
+        self._handlers: dict[str, Handler] = {
+            "pool.connect": self._connect,
+            "pool.first_connect": self._first_connect,
+            "pool.checkout": self._checkout,
+            "pool.checkin": self._checkin,
+            "pool.close": self._close,
+            "pool.close_detached": self._close_detached,
+            "pool.detach": self._detach,
+            "pool.invalidate": self._invalidate,
+            "pool.soft_invalidate": self._soft_invalidate,
+            "client.acquired": self._acquired,
+            "client.released": self._released,
+            "client.timeout": self._timeout,
+            "client.error": self._error,
+            "client.cancelled": self._cancelled,
+            "monitor.stats": self._stats,
+            "monitor.leak_suspected": self._leak,
+            "monitor.alert": self._alert,
+            "fault.restart": self._fault,
+            "fault.terminate": self._fault,
+            "run.end": self._end,
+            "run.warning": self._warning,
+            "run.threshold": self._threshold,
+        }
+
+    def feed(self, number: int, event: Event) -> None:
+        name: str = event["event"]
+        key = (event.get("run_id"), event["scenario"])
+        if name == "run.start":
+            data = ScenarioData(
+                source=self.label,
+                scenario=event["scenario"],
+                run_id=str(event.get("run_id")),
+                start=event,
+                first_line=number,
+            )
+            if key in self._scenarios:
+                raise EventLogError(
+                    f"{self.label}: line {number}: a second run.start for scenario "
+                    f"{event['scenario']!r} of run {event.get('run_id')}"
+                )
+            self._scenarios[key] = data
+            self._order.append(data)
+        elif key == self._last_key and self._last is not None:
+            data = self._last
+        else:
+            found = self._scenarios.get(key)
+            if found is None:
+                raise EventLogError(
+                    f"{self.label}: line {number}: {name} for scenario {event['scenario']!r} "
+                    f"of run {event.get('run_id')}, which has no run.start before it"
+                )
+            data = found
+        self._last_key, self._last = key, data
+        t: float = event["t"]
+        if t > data.last_t:
+            data.last_t = t
+        data.events[name] += 1
+        if name.startswith("pool."):
+            used = event.get("connections_used")
+            total = event.get("connections_total")
+            if used is not None and total is not None:
+                data.pool.add(
+                    t, used, total, event.get("overflow") or 0, event.get("pending_requests") or 0
+                )
+        handler = self._handlers.get(name)
+        if handler is not None:
+            try:
+                handler(data, event, t)
+            except (TypeError, ValueError, KeyError) as error:
+                raise EventLogError(
+                    f"{self.label}: line {number}: {name}: a field is missing or of the "
+                    f"wrong type ({type(error).__name__}: {error})"
+                ) from None
+
+    def finish(self) -> list[ScenarioData]:
+        for data in self._order:
+            for lane, (start, client) in data._open_bars.items():
+                data.bars.append(start, data.last_t, lane, client)
+                data.still_held += 1
+            data._open_bars.clear()
+        return self._order
+
+    # ------------------------------------------------------------------- helpers
+
+    @staticmethod
+    def _lane(data: ScenarioData, event: Event, t: float, create: bool) -> int | None:
+        conn = event.get("conn")
+        if conn is None:
+            return None
+        key = (event.get("instance") or 0, conn)
+        lane = data.lanes.open.get(key)
+        if lane is None and create:
+            lane = data.lanes.add(key[0], conn, t)
+            data.marks.append(t, lane, _MARK["connect"], -1)
+        return lane
+
+    @staticmethod
+    def _end_bar(data: ScenarioData, lane: int, t: float) -> None:
+        opened = data._open_bars.pop(lane, None)
+        if opened is not None:
+            data.bars.append(opened[0], t, lane, opened[1])
+
+    @staticmethod
+    def _client(data: ScenarioData, event: Event) -> ClientStats | None:
+        client = event.get("client")
+        if client is None:
+            return None
+        stats = data.clients.get(client)
+        if stats is None:
+            stats = data.clients[client] = ClientStats()
+        return stats
+
+    def _mark(self, data: ScenarioData, event: Event, t: float, kind: str) -> None:
+        lane = self._lane(data, event, t, create=False)
+        if lane is not None:
+            data.marks.append(t, lane, _MARK[kind], -1)
+
+    # ------------------------------------------------------------------ handlers
+
+    def _connect(self, data: ScenarioData, event: Event, t: float) -> None:
+        self._lane(data, event, t, create=True)
+        connect_ms = event.get("connect_ms")
+        if connect_ms is not None:
+            data.connect_ms.add(connect_ms)
+
+    def _first_connect(self, data: ScenarioData, event: Event, t: float) -> None:
+        self._lane(data, event, t, create=True)
+
+    def _checkout(self, data: ScenarioData, event: Event, t: float) -> None:
+        data.checkouts += 1
+        client = event.get("client")
+        stats = self._client(data, event)
+        if stats is not None:
+            stats.checkouts += 1
+        lane = self._lane(data, event, t, create=True)
+        if lane is None:
+            return
+        data.lanes.checkouts[lane] += 1
+        if lane in data._open_bars:  # a checkout never seen returned: end it here
+            self._end_bar(data, lane, t)
+        data._open_bars[lane] = (t, -1 if client is None else int(client))
+
+    def _checkin(self, data: ScenarioData, event: Event, t: float) -> None:
+        lane = self._lane(data, event, t, create=False)
+        if lane is not None:
+            self._end_bar(data, lane, t)
+
+    def _close(self, data: ScenarioData, event: Event, t: float) -> None:
+        self._closed(data, event, t, str(event.get("cause") or "closed"))
+
+    def _close_detached(self, data: ScenarioData, event: Event, t: float) -> None:
+        self._closed(data, event, t, "detached")
+
+    def _closed(self, data: ScenarioData, event: Event, t: float, cause: str) -> None:
+        lane = self._lane(data, event, t, create=False)
+        if lane is None:
+            return
+        self._end_bar(data, lane, t)
+        data.lanes.close(lane, t, cause)
+        data.marks.append(t, lane, _MARK["close"], data.lanes.cause[lane])
+
+    def _detach(self, data: ScenarioData, event: Event, t: float) -> None:
+        lane = self._lane(data, event, t, create=False)
+        if lane is not None:
+            self._end_bar(data, lane, t)
+            data.marks.append(t, lane, _MARK["detach"], -1)
+
+    def _invalidate(self, data: ScenarioData, event: Event, t: float) -> None:
+        self._mark(data, event, t, "invalidate")
+
+    def _soft_invalidate(self, data: ScenarioData, event: Event, t: float) -> None:
+        self._mark(data, event, t, "soft_invalidate")
+
+    def _leak(self, data: ScenarioData, event: Event, t: float) -> None:
+        self._mark(data, event, t, "leak")
+
+    def _cancelled(self, data: ScenarioData, event: Event, t: float) -> None:
+        self._mark(data, event, t, "cancelled")
+
+    def _acquired(self, data: ScenarioData, event: Event, t: float) -> None:
+        wait = event.get("wait_ms")
+        if wait is None:
+            return
+        data.wait_ms.add(wait)
+        stats = self._client(data, event)
+        if stats is not None:
+            stats.waits += 1
+            stats.wait_sum_ms += wait
+            if wait > stats.wait_max_ms:
+                stats.wait_max_ms = wait
+
+    def _released(self, data: ScenarioData, event: Event, t: float) -> None:
+        held = event.get("held_ms")
+        if held is not None:
+            data.use_ms.add(held)
+
+    def _timeout(self, data: ScenarioData, event: Event, t: float) -> None:
+        data.timeouts.append(t)
+        stats = self._client(data, event)
+        if stats is not None:
+            stats.timeouts += 1
+
+    def _error(self, data: ScenarioData, event: Event, t: float) -> None:
+        data.errors.append(t)
+        stats = self._client(data, event)
+        if stats is not None:
+            stats.errors += 1
+
+    def _stats(self, data: ScenarioData, event: Event, t: float) -> None:
+        wait = _percentiles(event.get("wait_time_ms"))
+        use = _percentiles(event.get("use_time_ms"))
+        server = event.get("server")
+        sessions = (
+            float(sum(v for v in server.values() if isinstance(v, int | float)))
+            if isinstance(server, dict)
+            else math.nan
+        )
+        data.monitor.append(
+            t,
+            _number(event.get("utilisation")),
+            _number(event.get("checkouts_per_s")),
+            *wait,
+            *use,
+            sessions,
+            _number(event.get("connections_total")),
+            _number(event.get("pending_requests")),
+        )
+
+    def _alert(self, data: ScenarioData, event: Event, t: float) -> None:
+        if len(data.alerts) < MAX_LISTED:
+            data.alerts.append((t, str(event.get("kind") or "alert")))
+
+    def _fault(self, data: ScenarioData, event: Event, t: float) -> None:
+        if len(data.faults) >= MAX_LISTED:
+            return
+        kind = event["event"].split(".", 1)[1]
+        began = event.get("began_t")
+        start = float(began) if isinstance(began, int | float) else t
+        downtime = event.get("downtime_ms")
+        end = start + float(downtime) / 1000 if isinstance(downtime, int | float) else start
+        label = str(event.get("method") or kind)
+        data.faults.append(Fault(start, max(end, start), kind, label))
+
+    def _end(self, data: ScenarioData, event: Event, t: float) -> None:
+        summary = event.get("summary")
+        data.summary = summary if isinstance(summary, dict) else {}
+
+    def _warning(self, data: ScenarioData, event: Event, t: float) -> None:
+        if len(data.warnings) < MAX_MESSAGES:
+            data.warnings.append(str(event.get("message")))
+
+    def _threshold(self, data: ScenarioData, event: Event, t: float) -> None:
+        if len(data.thresholds) < MAX_LISTED:
+            data.thresholds.append(
+                {key: value for key, value in event.items() if key not in ENVELOPE}
+            )
+
+
+def _number(value: Any) -> float:
+    return (
+        float(value) if isinstance(value, int | float) and not isinstance(value, bool) else math.nan
+    )
+
+
+def _percentiles(values: Any) -> tuple[float, ...]:
+    if not isinstance(values, dict) or not values.get("count"):
+        return (math.nan,) * len(_PERCENTILE_KEYS)
+    return tuple(_number(values.get(key)) for key in _PERCENTILE_KEYS)
+
+
+def read_logs(sources: Iterable[LogSource], note: Note | None = None) -> list[LogData]:
+    """Reads several logs; standard input at most once."""
+    logs: list[LogData] = []
+    stdin_used = False
+    for source in sources:
+        if source.path is None:
+            if stdin_used:
+                raise EventLogError("'-' (standard input) can be given only once")
+            stdin_used = True
+        logs.append(read_log(source, note))
+    return logs

@@ -1,0 +1,891 @@
+"""The charts of one scenario, drawn with matplotlib's object API on the Agg canvas (no pyplot,
+no display, no global state).
+
+Each function takes a `ScenarioData` and returns a `Chart`: the PNG bytes, a title and a
+caption for the page, and `data`, the numbers the chart drew (lanes, bars, extents, counts),
+so that tests can check what a chart shows without looking at pixels.
+"""
+
+from __future__ import annotations
+
+import heapq
+import io
+import math
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import matplotlib
+import numpy as np
+import numpy.typing as npt
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.collections import PolyCollection
+from matplotlib.colors import to_rgba_array
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+from matplotlib.typing import RcKeyType
+
+from loadsim.report import palette
+from loadsim.report.aggregate import MARK_KINDS, MONITOR_COLUMNS, ScenarioData
+from loadsim.report.series import LogHistogram
+
+Floats = npt.NDArray[np.float64]
+Ints = npt.NDArray[np.int64]
+
+DPI = 100
+WIDTH_IN = 13.0
+#: Up to this many connections, one lane each; past it, connections that never overlap in
+#: time share a row (a NullPool run opens one connection per checkout).
+MAX_LANES = 80
+#: Up to this many clients (or connections), a bar each; past it, a ranked profile.
+MAX_BARS_PER_ITEM = 60
+#: Clients named one by one in the timeline's legend, at most.
+MAX_CLIENTS_IN_LEGEND = 12
+
+STYLE: dict[RcKeyType, Any] = {
+    "font.size": 10,
+    "axes.titlesize": 11,
+    "axes.titleweight": "bold",
+    "axes.titlelocation": "left",
+    "axes.labelsize": 10,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "grid.linewidth": 0.6,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "legend.fontsize": 9,
+    "legend.frameon": False,
+    "figure.titlesize": 14,
+    "figure.titleweight": "bold",
+}
+
+
+@dataclass
+class Chart:
+    """One image of the report and the numbers it drew."""
+
+    name: str  # file name, e.g. "saturation-timeline.png"
+    title: str
+    caption: str  # what it shows, for people
+    png: bytes
+    data: dict[str, Any]
+
+
+# ------------------------------------------------------------------------------ helpers
+
+
+@contextmanager
+def figure(height_in: float, title: str, notes: Sequence[str] = ()) -> Iterator[Figure]:
+    """A figure in the report's style, with a title and, under it, notes in grey."""
+    with matplotlib.rc_context(STYLE):
+        fig = Figure(figsize=(WIDTH_IN, height_in), dpi=DPI, layout="constrained")
+        FigureCanvasAgg(fig)
+        subtitle = "\n".join(notes)
+        fig.suptitle(title + ("\n" if subtitle else ""), x=0.01, ha="left")
+        if subtitle:
+            fig.text(
+                0.01,
+                1 - 0.42 / height_in,
+                subtitle,
+                ha="left",
+                va="top",
+                fontsize=9,
+                color="#555555",
+                transform=fig.transFigure,
+            )
+        yield fig
+
+
+def render(fig: Figure) -> bytes:
+    buffer = io.BytesIO()
+    with matplotlib.rc_context(STYLE):
+        fig.savefig(buffer, format="png", dpi=DPI, facecolor="white")
+    return buffer.getvalue()
+
+
+def slug(text: str) -> str:
+    cleaned = "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in text.lower())
+    return cleaned.strip("-") or "run"
+
+
+def floats(values: Sequence[float]) -> Floats:
+    return np.asarray(values, dtype=np.float64)
+
+
+def ints(values: Sequence[int]) -> Ints:
+    return np.asarray(values, dtype=np.int64)
+
+
+def empty_message(ax: Axes, message: str) -> None:
+    ax.text(
+        0.5,
+        0.5,
+        message,
+        transform=ax.transAxes,
+        ha="center",
+        va="center",
+        color="#777777",
+        fontsize=10,
+    )
+
+
+def shade_faults(ax: Axes, data: ScenarioData, *, label: bool) -> int:
+    """Each fault as a magenta band (its downtime) and line; returns how many were drawn."""
+    width = max(data.duration_s, 1.0) * 0.003
+    for fault in data.faults:
+        ax.axvspan(
+            fault.t, max(fault.end_t, fault.t + width), color=palette.KIND["fault"], alpha=0.2
+        )
+        ax.axvline(fault.t, color=palette.KIND["fault"], linewidth=1.2)
+        if label:
+            ax.annotate(
+                fault.label,
+                (fault.t, 1.0),
+                xycoords=("data", "axes fraction"),
+                xytext=(3, -3),
+                textcoords="offset points",
+                ha="left",
+                va="top",
+                fontsize=8,
+                color=palette.KIND["fault"],
+            )
+    return len(data.faults)
+
+
+def time_axis(ax: Axes, data: ScenarioData) -> tuple[float, float]:
+    limits = (0.0, max(data.duration_s, 1e-3) * 1.01)
+    ax.set_xlim(*limits)
+    return limits
+
+
+def fault_handle() -> Patch:
+    return Patch(facecolor=palette.KIND["fault"], alpha=0.35, label="fault (downtime)")
+
+
+def count(n: int, noun: str) -> str:
+    return f"{n:,} {noun}" + ("" if n == 1 else "s")
+
+
+def sampled_note(kept: int, seen: int, noun: str) -> str:
+    return f"Showing an even sample of {kept:,} of {seen:,} {noun} (drawing cap)."
+
+
+# ----------------------------------------------------------------------------- timeline
+
+
+def pack_rows(opened: Floats, closed: Floats) -> tuple[Ints, int]:
+    """Rows for lanes such that lanes sharing a row never overlap in time (greedy, in order
+    of opening); returns each lane's row and the number of rows."""
+    rows = np.zeros(len(opened), dtype=np.int64)
+    free: list[tuple[float, int]] = []  # (time the row frees up, row)
+    count_rows = 0
+    for lane in np.argsort(opened, kind="stable"):
+        start = float(opened[lane])
+        if free and free[0][0] <= start:
+            _, row = heapq.heappop(free)
+        else:
+            row = count_rows
+            count_rows += 1
+        rows[lane] = row
+        heapq.heappush(free, (float(closed[lane]), row))
+    return rows, count_rows
+
+
+def client_colours(clients: Ints) -> npt.NDArray[np.float64]:
+    size = palette.client_palette_size()
+    table = to_rgba_array([palette.client_colour(i) for i in range(size)])
+    colours = table[np.mod(clients, size)]
+    colours[clients < 0] = to_rgba_array([palette.NO_CLIENT])[0]
+    return colours
+
+
+def timeline_chart(data: ScenarioData, name_prefix: str) -> Chart:
+    lanes = data.lanes
+    n_lanes = len(lanes)
+    end = max(data.duration_s, 1e-3)
+    opened = np.frombuffer(lanes.opened, dtype=np.float64)
+    closed = np.frombuffer(lanes.closed, dtype=np.float64).copy()
+    still_open = np.isnan(closed)
+    closed[still_open] = end
+    packed = n_lanes > MAX_LANES
+    if packed:
+        rows, n_rows = pack_rows(opened, closed)
+    else:
+        rows, n_rows = np.arange(n_lanes, dtype=np.int64), n_lanes
+
+    bars = data.bars
+    starts = np.frombuffer(bars.columns[0], dtype=np.float64)
+    ends = np.frombuffer(bars.columns[1], dtype=np.float64)
+    bar_lanes = np.frombuffer(bars.columns[2], dtype=np.int64)
+    bar_clients = np.frombuffer(bars.columns[3], dtype=np.int64)
+    n_bars = len(starts)
+
+    notes: list[str] = []
+    if packed:
+        notes.append(
+            f"{n_lanes:,} connections in {n_rows:,} rows: connections whose lifetimes never "
+            "overlap share a row (one lane each would be unreadable)."
+        )
+    if bars.thinned:
+        notes.append(sampled_note(n_bars, bars.seen, "checkouts"))
+    if data.marks.thinned:
+        notes.append(sampled_note(len(data.marks), data.marks.seen, "marks"))
+    if data.still_held:
+        notes.append(f"{count(data.still_held, 'checkout')} never returned: drawn to the end.")
+
+    height = min(22.0, max(4.5, 2.2 + 0.24 * max(n_rows, 1)))
+    title = (
+        f"{data.label}: connection lifecycle — {count(n_lanes, 'connection')}, "
+        f"{count(data.checkouts, 'checkout')}"
+    )
+    marks_drawn: dict[str, int] = {}
+    legend: list[Any] = []
+    with figure(height, title, notes) as fig:
+        ax = fig.add_subplot()
+        ax.grid(axis="y", visible=False)
+        if n_lanes:
+            ax.hlines(
+                rows,
+                opened,
+                closed,
+                color=palette.KIND["open"],
+                linewidth=max(1.0, min(6.0, 120 / max(n_rows, 1))),
+                zorder=1,
+            )
+            legend.append(Patch(color=palette.KIND["open"], label="connection open"))
+        if n_bars:
+            y = rows[bar_lanes].astype(np.float64)
+            half = 0.36
+            verts = np.empty((n_bars, 4, 2), dtype=np.float64)
+            verts[:, 0, 0] = starts
+            verts[:, 1, 0] = starts
+            verts[:, 2, 0] = ends
+            verts[:, 3, 0] = ends
+            verts[:, 0, 1] = y - half
+            verts[:, 1, 1] = y + half
+            verts[:, 2, 1] = y + half
+            verts[:, 3, 1] = y - half
+            edges = n_bars <= 3000
+            ax.add_collection(
+                PolyCollection(
+                    list(verts) if n_bars < 2 else verts,  # type: ignore[arg-type]
+                    facecolors=client_colours(bar_clients),
+                    edgecolors="white" if edges else "none",
+                    linewidths=0.4 if edges else 0.0,
+                    zorder=2,
+                )
+            )
+            distinct = np.unique(bar_clients)
+            if len(distinct) <= MAX_CLIENTS_IN_LEGEND:
+                legend.extend(
+                    Patch(
+                        color=palette.client_colour(int(c)),
+                        label="no client" if c < 0 else f"client {int(c)}",
+                    )
+                    for c in distinct
+                )
+            else:
+                legend.append(
+                    Patch(
+                        color=palette.client_colour(1),
+                        label=f"checkout ({len(distinct):,} clients; colour = client, "
+                        f"{palette.client_palette_size()} colours repeat)",
+                    )
+                )
+        else:
+            empty_message(ax, "no checkouts in this log")
+        marks_drawn = _draw_marks(ax, data, rows, n_rows, legend)
+        faults = shade_faults(ax, data, label=True)
+        if faults:
+            legend.append(fault_handle())
+        time_axis(ax, data)
+        ax.set_ylim(max(n_rows, 1) - 0.5, -0.5)
+        ax.set_xlabel("time since the scenario started (s)")
+        if packed:
+            ax.set_ylabel("row (connections that never overlap share one)")
+        else:
+            ax.set_ylabel("connection")
+            several_instances = len(set(lanes.instance)) > 1
+            if n_rows <= 40:
+                ax.set_yticks(
+                    range(n_rows),
+                    [
+                        (f"i{lanes.instance[i]} " if several_instances else "")
+                        + f"conn {lanes.conn[i]}"
+                        for i in range(n_rows)
+                    ],
+                )
+        if legend:
+            ax.legend(handles=legend, loc="upper left", bbox_to_anchor=(1.005, 1.0))
+        png = render(fig)
+    extent = (float(starts.min()), float(ends.max())) if n_bars else (0.0, 0.0)
+    return Chart(
+        name=f"{name_prefix}timeline.png",
+        title="Connection lifecycle",
+        caption=(
+            "One lane per connection the pool opened, from connect (green tick) to close "
+            "(square, coloured by cause). Each bar is a checkout, coloured by the client that "
+            "held it; red crosses are invalidations, olive triangles leaks suspected by the "
+            "monitor, magenta bands injected faults."
+        ),
+        png=png,
+        data={
+            "lanes": [int(c) for c in lanes.conn],
+            "rows": int(n_rows),
+            "packed": packed,
+            "bars": int(n_bars),
+            "checkouts": data.checkouts,
+            "bars_thinned": bars.thinned,
+            "extent": extent,
+            "xlim": (0.0, end),
+            "marks": marks_drawn,
+            "faults": [fault.t for fault in data.faults],
+            "clients": sorted({int(c) for c in np.unique(bar_clients)}) if n_bars else [],
+        },
+    )
+
+
+def _draw_marks(
+    ax: Axes, data: ScenarioData, rows: Ints, n_rows: int, legend: list[Any]
+) -> dict[str, int]:
+    marks = data.marks
+    if not len(marks):
+        return {}
+    t = np.frombuffer(marks.columns[0], dtype=np.float64)
+    lanes = np.frombuffer(marks.columns[1], dtype=np.int64)
+    kinds = np.frombuffer(marks.columns[2], dtype=np.int16)
+    causes = np.frombuffer(marks.columns[3], dtype=np.int16)
+    y = rows[lanes]
+    size = 40.0 if n_rows <= 20 else 22.0 if n_rows <= 50 else 10.0
+    drawn: dict[str, int] = {}
+    labels = {
+        "connect": "connect",
+        "invalidate": "invalidate",
+        "soft_invalidate": "soft invalidate",
+        "detach": "detach (holder garbage-collected)",
+        "leak": "leak suspected",
+        "cancelled": "holder's task cancelled",
+    }
+    for index, kind in enumerate(MARK_KINDS):
+        mask = kinds == index
+        if not mask.any():
+            continue
+        if kind == "close":
+            for cause_index in np.unique(causes[mask]):
+                cause = data.lanes.causes[int(cause_index)] if cause_index >= 0 else "closed"
+                sub = mask & (causes == cause_index)
+                colour = palette.close_colour(cause)
+                ax.scatter(
+                    t[sub],
+                    y[sub],
+                    marker=palette.MARKER["close"],
+                    s=size * 0.6,
+                    color=colour,
+                    edgecolors="black",
+                    linewidths=0.4,
+                    zorder=4,
+                )
+                drawn[f"close:{cause}"] = int(sub.sum())
+                legend.append(
+                    Line2D(
+                        [],
+                        [],
+                        marker=palette.MARKER["close"],
+                        linestyle="none",
+                        markerfacecolor=colour,
+                        markeredgecolor="black",
+                        markeredgewidth=0.4,
+                        label=f"close: {cause}",
+                    )
+                )
+            continue
+        colour = palette.KIND["leak" if kind == "cancelled" else kind]
+        marker = palette.MARKER[kind]
+        line_marker = marker in ("|", "x")
+        ax.scatter(
+            t[mask],
+            y[mask],
+            marker=marker,
+            s=size * (2.2 if marker == "|" else 1.2),
+            color=colour,
+            edgecolors=None if line_marker else "black",
+            linewidths=1.6 if line_marker else 0.4,
+            zorder=5,
+        )
+        drawn[kind] = int(mask.sum())
+        legend.append(
+            Line2D(
+                [],
+                [],
+                marker=marker,
+                linestyle="none",
+                color=colour,
+                markeredgecolor=colour if line_marker else "black",
+                markeredgewidth=1.6 if line_marker else 0.4,
+                markersize=8,
+                label=labels[kind],
+            )
+        )
+    return drawn
+
+
+# ------------------------------------------------------------------------- pool over time
+
+
+def monitor_column(data: ScenarioData, name: str) -> Floats:
+    return np.frombuffer(data.monitor.columns[MONITOR_COLUMNS.index(name)], dtype=np.float64)
+
+
+def pool_chart(data: ScenarioData, name_prefix: str) -> Chart:
+    times_list, (used_l, total_l, overflow_l, pending_l) = data.pool.peaks()
+    end = max(data.duration_s, 1e-3)
+    times = floats([*times_list, end]) if times_list else floats([])
+    used = ints([*used_l, used_l[-1]]) if used_l else ints([])
+    total = ints([*total_l, total_l[-1]]) if total_l else ints([])
+    overflow = ints([*overflow_l, overflow_l[-1]]) if overflow_l else ints([])
+    pending = ints([*pending_l, pending_l[-1]]) if pending_l else ints([])
+    pool = data.pool_config
+    queue_pool = pool.get("pool_class", "queue") != "null"
+    pool_size = pool.get("pool_size") if queue_pool else None
+    max_overflow = pool.get("max_overflow") if queue_pool else None
+    limit = (
+        pool_size + max_overflow
+        if isinstance(pool_size, int) and isinstance(max_overflow, int) and max_overflow >= 0
+        else None
+    )
+    notes = []
+    if data.pool.width > 0.002 and len(times):
+        notes.append(
+            f"Each step is the peak within a {_seconds(data.pool.width)} window "
+            f"({data.pool.points:,} pool events)."
+        )
+    if not queue_pool:
+        notes.append("NullPool: no pool_size or limit; every checkout opens a connection.")
+    title = f"{data.label}: the pool over time"
+    monitor_t = monitor_column(data, "t")
+    utilisation = monitor_column(data, "utilisation") * 100
+    server = monitor_column(data, "server_sessions")
+    timeouts = floats(data.timeouts.column(0))
+    errors = floats(data.errors.column(0))
+    with figure(9.0, title, notes) as fig:
+        top, middle, bottom = fig.subplots(
+            3, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1.6, 1.3]}
+        )
+        handles: list[Any] = []
+        if len(times):
+            top.fill_between(
+                times,
+                total,
+                step="post",
+                color=palette.KIND["idle"],
+                linewidth=0,
+                label="open, idle",
+            )
+            top.fill_between(
+                times,
+                used,
+                step="post",
+                color=palette.KIND["checkout"],
+                linewidth=0,
+                label="in use (checked out)",
+            )
+            if queue_pool and overflow.max(initial=0) > 0:
+                top.step(
+                    times,
+                    overflow,
+                    where="post",
+                    color=palette.KIND["overflow"],
+                    linewidth=1.8,
+                    label="overflow (beyond pool_size)",
+                )
+            middle.fill_between(
+                times,
+                pending,
+                step="post",
+                color=palette.KIND["waiting"],
+                alpha=0.8,
+                linewidth=0,
+                label="clients waiting",
+            )
+        else:
+            empty_message(top, "no pool events in this log (filtered by LOG_LEVEL?)")
+        if isinstance(pool_size, int):
+            top.axhline(
+                pool_size,
+                color=palette.KIND["limit"],
+                linestyle="--",
+                linewidth=1.2,
+                label=f"pool_size = {pool_size}",
+            )
+        if limit is not None:
+            top.axhline(
+                limit,
+                color=palette.KIND["limit"],
+                linestyle=":",
+                linewidth=1.4,
+                label=f"max = pool_size + max_overflow = {limit}",
+            )
+        if len(monitor_t) and not np.isnan(server).all():
+            top.plot(
+                monitor_t,
+                server,
+                linestyle="none",
+                marker="o",
+                markersize=4,
+                color=palette.KIND["server"],
+                label="server's count (pg_stat_activity)",
+            )
+        top.set_ylabel("connections")
+        top.set_title("Connections: open, in use, overflow")
+        top.set_ylim(bottom=0)
+        if len(timeouts):
+            middle.scatter(
+                timeouts,
+                np.zeros(len(timeouts)),
+                marker="x",
+                s=30,
+                color=palette.KIND["timeout"],
+                clip_on=False,
+                zorder=5,
+                label=f"client timeout ({data.timeouts.seen:,})",
+            )
+        if len(errors):
+            middle.scatter(
+                errors,
+                np.zeros(len(errors)),
+                marker="o",
+                s=22,
+                facecolors="none",
+                edgecolors=palette.KIND["error"],
+                clip_on=False,
+                zorder=5,
+                label=f"client error ({data.errors.seen:,})",
+            )
+        middle.set_ylabel("clients")
+        middle.set_title("Clients waiting for a connection (pending requests)")
+        middle.set_ylim(bottom=0)
+        if len(monitor_t) and not np.isnan(utilisation).all():
+            bottom.step(
+                monitor_t,
+                utilisation,
+                where="pre",
+                color=palette.KIND["utilisation"],
+                linewidth=1.8,
+                label="utilisation (time-weighted, per snapshot)",
+            )
+            bottom.set_ylim(0, 105)
+        else:
+            empty_message(
+                bottom,
+                "no utilisation: NullPool has no limit"
+                if not queue_pool
+                else "no monitor.stats snapshots in this log",
+            )
+        for t_alert, _ in data.alerts:
+            bottom.axvline(t_alert, color=palette.KIND["alert"], linewidth=2, alpha=0.9)
+        if data.alerts:
+            bottom.plot([], [], color=palette.KIND["alert"], linewidth=2, label="monitor alert")
+        bottom.set_ylabel("% of max in use")
+        bottom.set_title("Pool utilisation: connections in use / (pool_size + max_overflow)")
+        bottom.set_xlabel("time since the scenario started (s)")
+        for ax in (top, middle, bottom):
+            if shade_faults(ax, data, label=ax is top):
+                handles = [fault_handle()]
+            time_axis(ax, data)
+            ax_handles, _ = ax.get_legend_handles_labels()
+            if ax_handles or handles:
+                ax.legend(
+                    handles=ax_handles + handles, loc="upper left", bbox_to_anchor=(1.005, 1.0)
+                )
+        png = render(fig)
+    return Chart(
+        name=f"{name_prefix}pool.png",
+        title="The pool over time",
+        caption=(
+            "Connections open (light blue) and in use (blue), overflow connections beyond "
+            "pool_size (orange) against pool_size (dashed) and the most the pool may open "
+            "(dotted); below, clients waiting for a connection with timeouts (red crosses), "
+            "and the pool's utilisation per monitor snapshot."
+        ),
+        png=png,
+        data={
+            "extent": (float(times[0]), float(times[-1])) if len(times) else (0.0, 0.0),
+            "xlim": (0.0, end),
+            "max_used": int(used.max(initial=0)),
+            "max_total": int(total.max(initial=0)),
+            "max_overflow": int(overflow.max(initial=0)),
+            "max_pending": int(pending.max(initial=0)),
+            "pool_size": pool_size,
+            "limit": limit,
+            "window_s": data.pool.width,
+            "points": len(times),
+            "monitor_snapshots": len(monitor_t),
+            "timeouts": int(data.timeouts.seen),
+            "errors": int(data.errors.seen),
+        },
+    )
+
+
+def _seconds(value: float) -> str:
+    return f"{value * 1000:.0f} ms" if value < 1 else f"{value:.1f} s"
+
+
+# --------------------------------------------------------------------------- distribution
+
+
+def distribution_chart(data: ScenarioData, name_prefix: str) -> Chart:
+    clients = sorted(data.clients)
+    checkouts = {c: data.clients[c].checkouts for c in clients}
+    timeouts = {c: data.clients[c].timeouts for c in clients}
+    waits = {c: data.clients[c].wait_mean_ms for c in clients}
+    wait_max = {c: data.clients[c].wait_max_ms for c in clients}
+    lanes = data.lanes
+    per_conn: dict[int, int] = {}
+    for lane in range(len(lanes)):
+        per_conn[int(lanes.conn[lane])] = per_conn.get(int(lanes.conn[lane]), 0) + int(
+            lanes.checkouts[lane]
+        )
+    notes = []
+    summary_per_client = (data.summary or {}).get("checkouts_per_client")
+    if isinstance(summary_per_client, dict) and "jain_index" in summary_per_client:
+        notes.append(
+            f"Fairness among clients: Jain index {summary_per_client['jain_index']:.3f} "
+            f"(1 = perfectly even); {summary_per_client.get('starved_share', 0):.0%} of "
+            "clients starved."
+        )
+    title = f"{data.label}: how the work was shared"
+    with figure(11.0, title, notes) as fig:
+        ax_clients, ax_conns, ax_wait = fig.subplots(3, 1)
+        ranked_clients = len(clients) > MAX_BARS_PER_ITEM
+        _per_item(
+            ax_clients,
+            clients,
+            [checkouts[c] for c in clients],
+            "client",
+            [palette.client_colour(c) for c in clients],
+            stacked=[timeouts[c] for c in clients],
+            stacked_label="timeouts",
+        )
+        ax_clients.set_title(
+            "Checkouts per client" + (" (and timeouts)" if any(timeouts.values()) else "")
+        )
+        ax_clients.set_ylabel("checkouts")
+        conns = sorted(per_conn)
+        _per_item(
+            ax_conns,
+            conns,
+            [per_conn[c] for c in conns],
+            "connection",
+            [palette.KIND["checkout"]] * len(conns),
+        )
+        ax_conns.set_title("Checkouts per connection (reuse)")
+        ax_conns.set_ylabel("checkouts")
+        with_waits = [c for c in clients if not math.isnan(waits[c])]
+        _per_item(
+            ax_wait,
+            with_waits,
+            [waits[c] for c in with_waits],
+            "client",
+            [palette.KIND["waiting"]] * len(with_waits),
+            peaks=[wait_max[c] for c in with_waits],
+        )
+        ax_wait.set_title("Wait for a connection per client: mean (bar) and longest (dot)")
+        ax_wait.set_ylabel("wait (ms)")
+        png = render(fig)
+    return Chart(
+        name=f"{name_prefix}distribution.png",
+        title="How the work was shared",
+        caption=(
+            "Checkouts per client (a fair pool gives every client about the same share), "
+            "checkouts per connection (how often each connection was reused), and how long "
+            "each client waited for a connection. With many clients or connections, they are "
+            "ranked from most to least instead of drawn one bar each."
+        ),
+        png=png,
+        data={
+            "checkouts_per_client": checkouts,
+            "timeouts_per_client": timeouts,
+            "checkouts_per_connection": per_conn,
+            "wait_mean_ms_per_client": {c: waits[c] for c in with_waits},
+            "clients_ranked": ranked_clients,
+            "connections_ranked": len(conns) > MAX_BARS_PER_ITEM,
+        },
+    )
+
+
+def _per_item(
+    ax: Axes,
+    items: Sequence[int],
+    values: Sequence[float],
+    noun: str,
+    colours: Sequence[str],
+    *,
+    stacked: Sequence[int] | None = None,
+    stacked_label: str = "",
+    peaks: Sequence[float] | None = None,
+) -> None:
+    """A bar per item (by id), or past MAX_BARS_PER_ITEM items a ranked profile."""
+    if not items:
+        empty_message(ax, f"no {noun}s in this log")
+        return
+    if len(items) > MAX_BARS_PER_ITEM:
+        order = np.argsort(-floats(values), kind="stable")
+        ranked = floats(values)[order]
+        ranks = np.arange(1, len(items) + 1)
+        ax.fill_between(ranks, ranked, step="mid", color=colours[0], alpha=0.85, linewidth=0)
+        if peaks is not None:
+            ax.plot(ranks, floats(peaks)[order], ".", color="black", markersize=3)
+        ax.set_xlabel(f"{noun}s, ranked from most to least ({len(items):,} {noun}s)")
+        ax.set_xlim(0.5, len(items) + 0.5)
+        finite = ranked[np.isfinite(ranked)]
+        if len(finite):
+            ax.annotate(
+                f"min {finite.min():,.1f} · median {np.median(finite):,.1f} · "
+                f"max {finite.max():,.1f}",
+                (0.99, 0.95),
+                xycoords="axes fraction",
+                ha="right",
+                va="top",
+                fontsize=9,
+            )
+        return
+    x = np.arange(len(items))
+    ax.bar(x, values, color=colours, edgecolor="#333333", linewidth=0.4)
+    if stacked is not None and any(stacked):
+        ax.bar(
+            x,
+            stacked,
+            bottom=values,
+            color=palette.KIND["timeout"],
+            edgecolor="#333333",
+            linewidth=0.4,
+            label=stacked_label,
+        )
+        ax.legend(loc="upper left", bbox_to_anchor=(1.005, 1.0))
+    if peaks is not None:
+        ax.plot(x, peaks, "o", color="black", markersize=4, label="longest wait")
+    ax.set_xticks(x, [str(i) for i in items], fontsize=8 if len(items) > 30 else 9)
+    ax.set_xlabel(noun + (" (conn id)" if noun == "connection" else " (id)"))
+    ax.set_xlim(-0.6, len(items) - 0.4)
+
+
+# -------------------------------------------------------------------------------- latency
+
+
+def latency_chart(data: ScenarioData, name_prefix: str) -> Chart:
+    t = monitor_column(data, "t")
+    summary = data.summary or {}
+    title = f"{data.label}: latency — waiting for a connection, and holding it"
+    notes = []
+    if data.monitor.thinned:
+        notes.append(sampled_note(len(data.monitor), data.monitor.seen, "monitor snapshots"))
+    with figure(9.0, title, notes) as fig:
+        grid = fig.add_gridspec(2, 6)
+        ax_wait = fig.add_subplot(grid[0, :3])
+        ax_use = fig.add_subplot(grid[0, 3:], sharex=ax_wait)
+        hist_axes = [fig.add_subplot(grid[1, 2 * i : 2 * i + 2]) for i in range(3)]
+        over_time: dict[str, int] = {}
+        for ax, kind, shades, noun in (
+            (ax_wait, "wait", palette.WAIT_SHADES, "Wait for a connection"),
+            (ax_use, "use", palette.USE_SHADES, "Use time (checkout to return)"),
+        ):
+            drawn = 0
+            for label, shade in zip(("p50", "p95", "p99"), shades, strict=True):
+                values = monitor_column(data, f"{kind}_{label}")
+                if len(values) and not np.isnan(values).all():
+                    ax.plot(t, values, marker=".", color=shade, linewidth=1.6, label=label)
+                    drawn += int(np.isfinite(values).sum())
+            peaks = monitor_column(data, f"{kind}_max")
+            if len(peaks) and not np.isnan(peaks).all():
+                ax.plot(t, peaks, linestyle=":", color=shades[-1], linewidth=1.2, label="max")
+                _log_if_wide(ax, np.concatenate([peaks, monitor_column(data, f"{kind}_p50")]))
+            over_time[kind] = drawn
+            if not drawn:
+                empty_message(ax, "no monitor.stats percentiles in this log")
+            ax.set_title(f"{noun}, per one-second snapshot")
+            ax.set_ylabel("milliseconds")
+            ax.set_xlabel("time since the scenario started (s)")
+            ax.set_ylim(bottom=0 if ax.get_yscale() == "linear" else None)
+            shade_faults(ax, data, label=False)
+            time_axis(ax, data)
+            if drawn:
+                ax.legend(loc="upper right", ncols=4)
+        counts: dict[str, int] = {}
+        for ax, histogram, colour, noun, key in (
+            (
+                hist_axes[0],
+                data.wait_ms,
+                palette.KIND["waiting"],
+                "Wait for a connection",
+                "wait_time_ms",
+            ),
+            (hist_axes[1], data.use_ms, palette.KIND["checkout"], "Use time", "use_time_ms"),
+            (
+                hist_axes[2],
+                data.connect_ms,
+                palette.KIND["connect"],
+                "Connect time (new connection)",
+                "create_time_ms",
+            ),
+        ):
+            counts[key] = _histogram(ax, histogram, colour, summary.get(key))
+            ax.set_title(f"{noun}: {count(histogram.count, 'sample')}")
+            ax.set_xlabel("milliseconds (log scale)")
+            ax.set_ylabel("count")
+        png = render(fig)
+    return Chart(
+        name=f"{name_prefix}latency.png",
+        title="Latency",
+        caption=(
+            "Top: percentiles of the wait for a connection and of the use time (checkout to "
+            "return), from the monitor's one-second snapshots. Bottom: the distributions over "
+            "the whole run, on a logarithmic scale, with p50, p95 and p99 marked."
+        ),
+        png=png,
+        data={
+            "monitor_snapshots": len(t),
+            "extent": (float(t.min()), float(t.max())) if len(t) else (0.0, 0.0),
+            "xlim": (0.0, max(data.duration_s, 1e-3)),
+            "points_over_time": over_time,
+            "samples": counts,
+        },
+    )
+
+
+def _log_if_wide(ax: Axes, values: Floats) -> None:
+    positive = values[np.isfinite(values) & (values > 0)]
+    if len(positive) and positive.max() / max(positive.min(), 1e-3) > 200:
+        ax.set_yscale("log")
+
+
+def _histogram(ax: Axes, histogram: LogHistogram, colour: str, summary: Any) -> int:
+    buckets = histogram.nonzero()
+    if not buckets:
+        empty_message(ax, "no samples")
+        return 0
+    lows = floats([max(low, 0.0005) for low, _, _ in buckets])
+    highs = floats([high if math.isfinite(high) else low * 1.12 for low, high, _ in buckets])
+    values = floats([c for _, _, c in buckets])
+    ax.bar(lows, values, width=highs - lows, align="edge", color=colour, alpha=0.85, linewidth=0)
+    ax.set_xscale("log")
+    marks = (
+        {key: summary.get(key) for key in ("p50", "p95", "p99")}
+        if isinstance(summary, dict) and summary.get("count")
+        else {key: histogram.percentile(float(key[1:])) for key in ("p50", "p95", "p99")}
+    )
+    for (label, value), style in zip(marks.items(), ("-", "--", ":"), strict=True):
+        if isinstance(value, int | float) and value > 0 and math.isfinite(value):
+            ax.axvline(value, color="black", linestyle=style, linewidth=1.0)
+            ax.annotate(
+                f"{label} {value:,.3g} ms",
+                (value, 1.0),
+                xycoords=("data", "axes fraction"),
+                xytext=(2, -2 - 11 * ("p50", "p95", "p99").index(label)),
+                textcoords="offset points",
+                fontsize=8,
+                va="top",
+            )
+    return histogram.count
