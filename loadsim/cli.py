@@ -14,7 +14,7 @@ from typing import IO, Annotated, Any, NoReturn
 import typer
 
 from loadsim.errors import LoadsimError, ScenarioError
-from loadsim.events import EventSink
+from loadsim.events import EVENT_NAMES, EventSink, select_events
 from loadsim.scenario import ScenarioFile, load_scenarios
 from loadsim.settings import Flags, RunConfig, read_environment, resolve
 from loadsim.summary import format_show, format_summary
@@ -39,6 +39,12 @@ app = typer.Typer(
 def _overview(context: typer.Context) -> None:
     if context.invoked_subcommand is None:
         print(context.get_help())
+
+
+class EventLoop(enum.StrEnum):
+    auto = "auto"
+    asyncio = "asyncio"
+    uvloop = "uvloop"
 
 
 class LogFormat(enum.StrEnum):
@@ -165,6 +171,19 @@ def run(
         LogFormat,
         typer.Option("--log-format", help="json: one JSON object a line; console: for people."),
     ] = LogFormat.json,
+    events: Annotated[
+        str | None,
+        typer.Option(
+            "--events",
+            help="Write only these kinds of event: comma-separated patterns such as "
+            "'monitor.*,run.*' (run.start and run.end always). Metrics are unaffected.",
+            show_default=False,
+        ),
+    ] = None,
+    loop: Annotated[
+        EventLoop,
+        typer.Option("--loop", help="Event loop: uvloop when installed (auto), or asyncio."),
+    ] = EventLoop.auto,
     quiet: Annotated[
         bool,
         typer.Option("--quiet", "-q", help="No live dashboard, summary or warnings on stderr."),
@@ -189,6 +208,7 @@ def run(
         thresholds=tuple(threshold or ()),
     )
     _, configs = _configs(file, scenario or ["normal"], flags)
+    kinds = select_events(events) if events is not None else EVENT_NAMES
     streams: list[IO[bytes]] = [sys.stdout.buffer]
     if output is not None:
         streams.append(_open_output(output, force))
@@ -207,6 +227,8 @@ def run(
             colours=sys.stdout.isatty(),
             warn=warn,
             dashboard=dashboard,
+            kinds=kinds,
+            loop=loop.value,
         ).run()
     finally:
         for stream in streams[1:]:
@@ -295,6 +317,65 @@ def validate(
         f"{scenarios.path}: ok ({len(scenarios.scenarios)} scenarios, "
         f"{len(scenarios.presets)} presets)"
     )
+
+
+RunLogsArgument = Annotated[
+    list[str],
+    typer.Argument(
+        help="Run logs written by 'loadsim run --output FILE' ('-' reads standard input).",
+        show_default=False,
+    ),
+]
+
+
+def _log_note(message: str) -> None:
+    print(f"loadsim: warning: {message}", file=sys.stderr)
+
+
+@app.command()
+def report(
+    logs: RunLogsArgument,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            help="Directory for the PNG charts and index.html (default: LOG-report/).",
+            file_okay=False,
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Charts and a self-contained HTML page (index.html) from recorded runs."""
+    from loadsim.report import build_report  # matplotlib is slow to import: only here
+
+    result = build_report(logs, out, note=_log_note)
+    print(
+        f"loadsim: wrote {len(result.charts)} charts and the page to {result.out_dir}/",
+        file=sys.stderr,
+    )
+    print(result.index)
+
+
+@app.command()
+def compare(
+    logs: RunLogsArgument,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            help="Directory for the comparison charts and index.html (default: "
+            "LOG-compare/ for one log, else loadsim-compare/).",
+            file_okay=False,
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Runs (or the scenarios of one run) side by side: a table here, charts in --out."""
+    from loadsim.report import build_comparison  # matplotlib is slow to import: only here
+
+    result = build_comparison(logs, out, note=_log_note)
+    print(result.table)
+    print(f"loadsim: charts and the page in {result.index}", file=sys.stderr)
 
 
 def _number(value: float | None) -> str:

@@ -8,12 +8,15 @@ runner once a second and at the end, so a line is never left half-written by a c
 from __future__ import annotations
 
 import datetime as dt
+import fnmatch
 import time
 from collections.abc import Iterable, Mapping, MutableMapping
 from typing import IO, Any, Literal
 
 import orjson
 import structlog
+
+from loadsim.errors import ScenarioError
 
 SCHEMA_VERSION = 1
 
@@ -128,9 +131,11 @@ class EventLog:
         level: str = "info",
         started: float | None = None,
         colours: bool = False,
+        kinds: frozenset[str] = EVENT_NAMES,
     ) -> None:
         self.sink = sink
-        self._wanted = _wanted_events(level)
+        #: The events this log writes: those the level keeps, among the selected kinds.
+        self.wanted = _wanted_events(level) & kinds
         self.started = time.perf_counter() if started is None else started
         renderer: Any = (
             ConsoleLines(colours=colours)
@@ -148,7 +153,7 @@ class EventLog:
         return time.perf_counter() - self.started
 
     def emit(self, event: str, **fields: Any) -> None:
-        if event not in self._wanted:
+        if event not in self.wanted:
             if event not in EVENT_NAMES:
                 raise ValueError(f"unknown event name {event!r}")  # a bug, not a user error
             return
@@ -217,6 +222,26 @@ def _console_value(value: Any) -> str:
     if isinstance(value, str):
         return value if value and " " not in value else repr(value)
     return orjson.dumps(value, default=str).decode()
+
+
+def select_events(patterns: str) -> frozenset[str]:
+    """`--events`: the event names matching comma-separated globs such as
+    "monitor.*,run.*"; a pattern that matches no event is a ScenarioError."""
+    selected: set[str] = set()
+    for pattern in (part.strip() for part in patterns.split(",")):
+        if not pattern:
+            continue
+        matched = {name for name in EVENT_NAMES if fnmatch.fnmatchcase(name, pattern)}
+        if not matched:
+            kinds = sorted({name.split(".")[0] + ".*" for name in EVENT_NAMES})
+            raise ScenarioError(
+                f"--events: {pattern!r} matches no event; try one of {', '.join(kinds)} "
+                "or a full name such as pool.checkout"
+            )
+        selected |= matched
+    if not selected:
+        raise ScenarioError("--events: give at least one pattern, such as 'monitor.*,run.*'")
+    return frozenset(selected | {"run.start", "run.end"})
 
 
 def _wanted_events(level: str) -> frozenset[str]:

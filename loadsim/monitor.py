@@ -192,6 +192,8 @@ class PoolMonitor:
     # ------------------------------------------------------------------- listeners
 
     def _emit(self, name: str, conn: int | None, **fields: Any) -> None:
+        if name not in self.events.wanted:
+            return  # not written: skip the work of describing it (counts are kept anyway)
         self.events.emit(
             name,
             conn=conn,

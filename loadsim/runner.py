@@ -28,7 +28,8 @@ from loadsim import __version__
 from loadsim.dashboard import REFRESH_PER_SECOND, Dashboard, DashboardSnapshot
 from loadsim.database import EmbeddedPostgres, ServerObserver, server_info
 from loadsim.engine import application_name, create_engine, mask_url, parse_database_url
-from loadsim.events import SCHEMA_VERSION, EventLog, EventSink, LogFormat
+from loadsim.errors import ScenarioError
+from loadsim.events import EVENT_NAMES, SCHEMA_VERSION, EventLog, EventSink, LogFormat
 from loadsim.faults import FaultInjector, check_supported
 from loadsim.monitor import PoolMonitor, Watcher
 from loadsim.scenario import ClientGroup
@@ -50,6 +51,7 @@ class RunOutcome:
     summaries: list[dict[str, Any]] = field(default_factory=list)
     interrupted_by: str | None = None
     output_closed: bool = False
+    event_loop: str = "asyncio"
 
 
 class Runner:
@@ -62,7 +64,11 @@ class Runner:
         colours: bool = False,
         warn: Callable[[str], None] = lambda message: None,
         dashboard: Dashboard | None = None,
+        kinds: frozenset[str] = EVENT_NAMES,
+        loop: str = "auto",
     ) -> None:
+        self.kinds = kinds
+        self.loop = loop
         self.configs = list(configs)
         self.dashboard = dashboard
         self.sink = sink
@@ -79,8 +85,10 @@ class Runner:
     def run(self) -> RunOutcome:
         """Runs every scenario; always stops the embedded server it started."""
         _quiet_collected_connection_warnings()
+        loop_factory, self.outcome.event_loop = choose_event_loop(self.loop)
         try:
-            asyncio.run(self._main())
+            with asyncio.Runner(loop_factory=loop_factory) as runner:
+                runner.run(self._main())
         finally:
             self.sink.flush()
             if self._server is not None:
@@ -143,6 +151,7 @@ class Runner:
             log_format=self.log_format,
             level=config.log_level,
             colours=self.colours,
+            kinds=self.kinds,
         )
         our_name = application_name(self.outcome.run_id)
         observer = ServerObserver(url)  # for faults and the final count
@@ -201,6 +210,7 @@ class Runner:
                 monitor.counters_now(),
                 interrupted=self.outcome.interrupted_by is not None,
                 stop_reason=self._stop_reason or self._why_stop() or "iterations",
+                event_loop=self.outcome.event_loop,
                 signal=self.outcome.interrupted_by,
                 pool_state=pool_state,
                 server_sessions=server_sessions,
@@ -339,6 +349,25 @@ class Runner:
             if not self.sink.streams and not self.outcome.output_closed:
                 self.outcome.output_closed = True
                 self._request_stop()
+
+
+LOOPS = ("auto", "asyncio", "uvloop")
+
+
+def choose_event_loop(wanted: str) -> tuple[Callable[[], asyncio.AbstractEventLoop] | None, str]:
+    """The event loop factory for a run, and its name for the summary. `auto` takes uvloop
+    when it is installed (`pip install 'loadsim[fast]'`), else asyncio's own."""
+    if wanted == "asyncio":
+        return None, "asyncio"
+    try:
+        import uvloop
+    except ImportError:
+        if wanted == "uvloop":
+            raise ScenarioError(
+                "--loop uvloop: uvloop is not installed; pip install 'loadsim[fast]'"
+            ) from None
+        return None, "asyncio"
+    return uvloop.new_event_loop, "uvloop"
 
 
 def _quiet_collected_connection_warnings() -> None:

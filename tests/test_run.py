@@ -334,3 +334,40 @@ def test_ctrl_c_ends_the_run_cleanly(tmp_path: Path) -> None:
     assert events[-1]["summary"]["interrupted"] is True
     assert events[-1]["summary"]["signal"] == "SIGINT"
     assert_server_gone(directory)
+
+
+def test_events_flag_filters_the_stream_but_not_the_metrics(
+    loadsim: RunLoadsim, database_url: str
+) -> None:
+    events = run_events(
+        loadsim,
+        "saturation",
+        "--duration",
+        "2s",
+        "--events",
+        "monitor.*",
+        "--database-url",
+        database_url,
+        "-q",
+    )
+    names = {event["event"] for event in events}
+    assert names == {"run.start", "monitor.stats", "run.end"}
+    summary = events[-1]["summary"]
+    assert summary["checkouts"] > 50  # counted although no checkout event was written
+    assert summary["connects"] >= 5
+    assert by_name(events, "monitor.stats")[0]["window"]["checkouts"] > 0
+
+
+def test_the_summary_names_the_event_loop(loadsim: RunLoadsim, database_url: str) -> None:
+    events = run_events(
+        loadsim,
+        "normal",
+        "--iterations",
+        "1",
+        "--loop",
+        "asyncio",
+        "--database-url",
+        database_url,
+        "-q",
+    )
+    assert events[-1]["summary"]["event_loop"] == "asyncio"

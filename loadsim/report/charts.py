@@ -26,6 +26,7 @@ from matplotlib.colors import to_rgba_array
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 from matplotlib.typing import RcKeyType
 
 from loadsim.report import palette
@@ -236,7 +237,14 @@ def timeline_chart(data: ScenarioData, name_prefix: str) -> Chart:
     if data.still_held:
         notes.append(f"{count(data.still_held, 'checkout')} never returned: drawn to the end.")
 
-    height = min(22.0, max(4.5, 2.2 + 0.24 * max(n_rows, 1)))
+    routine = {"connect", "close:returned", "close:disposed"} if packed else set()
+    if packed:
+        notes.append(
+            "Connect marks and closes on return or at dispose are left out here: every segment "
+            "starts with a connect and ends with a close."
+        )
+    legend_entries = 3 + min(len(set(bar_clients.tolist())), MAX_CLIENTS_IN_LEGEND + 1) + 10
+    height = min(22.0, max(4.5, 2.2 + 0.24 * max(n_rows, 1), 1.0 + 0.2 * legend_entries))
     title = (
         f"{data.label}: connection lifecycle — {count(n_lanes, 'connection')}, "
         f"{count(data.checkouts, 'checkout')}"
@@ -297,7 +305,7 @@ def timeline_chart(data: ScenarioData, name_prefix: str) -> Chart:
                 )
         else:
             empty_message(ax, "no checkouts in this log")
-        marks_drawn = _draw_marks(ax, data, rows, n_rows, legend)
+        marks_drawn = _draw_marks(ax, data, rows, n_rows, legend, skip=routine)
         faults = shade_faults(ax, data, label=True)
         if faults:
             legend.append(fault_handle())
@@ -306,6 +314,7 @@ def timeline_chart(data: ScenarioData, name_prefix: str) -> Chart:
         ax.set_xlabel("time since the scenario started (s)")
         if packed:
             ax.set_ylabel("row (connections that never overlap share one)")
+            ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         else:
             ax.set_ylabel("connection")
             several_instances = len(set(lanes.instance)) > 1
@@ -349,7 +358,12 @@ def timeline_chart(data: ScenarioData, name_prefix: str) -> Chart:
 
 
 def _draw_marks(
-    ax: Axes, data: ScenarioData, rows: Ints, n_rows: int, legend: list[Any]
+    ax: Axes,
+    data: ScenarioData,
+    rows: Ints,
+    n_rows: int,
+    legend: list[Any],
+    skip: set[str],
 ) -> dict[str, int]:
     marks = data.marks
     if not len(marks):
@@ -371,11 +385,13 @@ def _draw_marks(
     }
     for index, kind in enumerate(MARK_KINDS):
         mask = kinds == index
-        if not mask.any():
+        if not mask.any() or kind in skip:
             continue
         if kind == "close":
             for cause_index in np.unique(causes[mask]):
                 cause = data.lanes.causes[int(cause_index)] if cause_index >= 0 else "closed"
+                if f"close:{cause}" in skip:
+                    continue
                 sub = mask & (causes == cause_index)
                 colour = palette.close_colour(cause)
                 ax.scatter(
@@ -584,8 +600,17 @@ def pool_chart(data: ScenarioData, name_prefix: str) -> Chart:
                 if not queue_pool
                 else "no monitor.stats snapshots in this log",
             )
-        for t_alert, _ in data.alerts:
+        for t_alert, kind in data.alerts:
             bottom.axvline(t_alert, color=palette.KIND["alert"], linewidth=2, alpha=0.9)
+            bottom.annotate(
+                kind.replace("_", " "),
+                (t_alert, 0.03),
+                xycoords=("data", "axes fraction"),
+                xytext=(3, 0),
+                textcoords="offset points",
+                fontsize=8,
+                color="#8a5a00",
+            )
         if data.alerts:
             bottom.plot([], [], color=palette.KIND["alert"], linewidth=2, label="monitor alert")
         bottom.set_ylabel("% of max in use")
@@ -871,6 +896,10 @@ def _histogram(ax: Axes, histogram: LogHistogram, colour: str, summary: Any) -> 
     values = floats([c for _, _, c in buckets])
     ax.bar(lows, values, width=highs - lows, align="edge", color=colour, alpha=0.85, linewidth=0)
     ax.set_xscale("log")
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FuncFormatter(_ms_tick))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     marks = (
         {key: summary.get(key) for key in ("p50", "p95", "p99")}
         if isinstance(summary, dict) and summary.get("count")
@@ -889,3 +918,7 @@ def _histogram(ax: Axes, histogram: LogHistogram, colour: str, summary: Any) -> 
                 va="top",
             )
     return histogram.count
+
+
+def _ms_tick(value: float, _position: int | None) -> str:
+    return f"{value:,.0f}" if value >= 1 else f"{value:g}"

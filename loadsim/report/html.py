@@ -18,7 +18,7 @@ from typing import Any
 
 from loadsim.report.aggregate import ScenarioData
 from loadsim.report.charts import Chart, slug
-from loadsim.report.compare import ROWS, RunFigures, verdicts
+from loadsim.report.compare import ROWS, RunFigures, figures, verdicts
 
 _STYLE = """
 :root { color-scheme: light; }
@@ -44,6 +44,9 @@ th { background: #eef1f4; }
 pre { background: #fff; padding: 10px; overflow-x: auto; font-size: 13px; }
 nav a { margin-right: 14px; }
 .verdict { font-weight: 600; }
+table.figures th { font-weight: 600; font-size: 13px; }
+table.figures td { font-size: 17px; }
+details { margin: 12px 0; }
 """
 
 _SCRIPT = """
@@ -162,14 +165,14 @@ def scenario_section(data: ScenarioData, charts: Sequence[Chart], anchor: str) -
             + "".join(f"<li>{e(w)}</li>" for w in data.warnings)
             + "</ul></div>"
         )
+    parts.append(key_figures(data))
+    parts.extend(image(chart) for chart in charts)
     parts.append('<div class="grid">')
-    parts.append("<div><h3>Summary</h3>" + summary_table(data) + "</div>")
-    parts.append("<div><h3>Configuration</h3>" + configuration(data) + "</div>")
+    parts.append("<div><h3>Summary (run.end)</h3>" + summary_table(data) + "</div>")
+    parts.append("<div><h3>Configuration (run.start)</h3>" + configuration(data) + "</div>")
     parts.append("</div>")
     if data.thresholds:
         parts.append("<h3>Thresholds</h3>" + thresholds_table(data.thresholds))
-    parts.append("<h3>Charts</h3>")
-    parts.extend(image(chart) for chart in charts)
     other = {
         key: value
         for key, value in data.config.items()
@@ -180,6 +183,32 @@ def scenario_section(data: ScenarioData, charts: Sequence[Chart], anchor: str) -
         f"<pre>{e(json.dumps(other, indent=2, default=str))}</pre></details>"
     )
     return "\n".join(parts)
+
+
+_KEY_FIGURES = (
+    "checkouts_per_s",
+    "checkouts",
+    "wait_p50",
+    "wait_p95",
+    "wait_p99",
+    "use_p50",
+    "connects",
+    "max_open",
+    "timeouts",
+    "errors",
+)
+
+
+def key_figures(data: ScenarioData) -> str:
+    """The figures that matter at a glance, in one row (as in `loadsim compare`)."""
+    values = figures([data])[0].values
+    rows = [row for row in ROWS if row[0] in _KEY_FIGURES]
+    head = "".join(f"<th>{e(label)}</th>" for _, label, _ in rows)
+    cells = "".join(
+        f'<td class="num">{e("-" if math.isnan(values[key]) else fmt.format(values[key]))}</td>'
+        for key, _, fmt in rows
+    )
+    return f'<table class="figures"><tr>{head}</tr><tr>{cells}</tr></table>'
 
 
 def summary_table(data: ScenarioData) -> str:

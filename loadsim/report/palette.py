@@ -70,7 +70,7 @@ _CLIENTS: Final[tuple[str, ...]] = (
     "#c5b0d5",
     "#c49c94",
     "#f7b6d2",
-    "#c7c7c7",
+    "#fdd0a2",
     "#dbdb8d",
     "#9edae5",
     "#8c564b",

@@ -116,7 +116,9 @@ def _parse(raw: bytes, number: int, label: str, *, first: bool) -> Event | None:
                 f"{label}: line {number} is not JSON: this is not a loadsim run log "
                 "(write one with 'loadsim run --output FILE')"
             ) from None
-        raise EventLogError(f"{label}: line {number} is not valid JSON: {error}") from None
+        raise EventLogError(
+            f"{label}: line {number} is not valid JSON ({error.msg} at column {error.colno})"
+        ) from None
     if not isinstance(event, dict):
         raise EventLogError(
             f"{label}: line {number}: expected a JSON object, found {type(event).__name__}"
