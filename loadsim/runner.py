@@ -117,10 +117,7 @@ class Runner:
             await self._run_scenario(config, url)
 
     def _embedded_max_connections(self) -> int:
-        largest = 0
-        for config in self.configs:
-            capacity = config.pool.capacity
-            largest = max(largest, config.total_clients if capacity is None else capacity)
+        largest = max(config.most_connections for config in self.configs)
         return max(100, largest + EMBEDDED_HEADROOM)
 
     def _install_signal_handlers(self) -> None:
@@ -183,6 +180,7 @@ class Runner:
                 faults=asdict(config.faults),
                 monitor=asdict(config.monitor),
                 thresholds=[threshold.expression for threshold in config.thresholds],
+                arrivals=asdict(config.arrivals) if config.arrivals is not None else None,
                 seed=config.seed,
                 sources=dict(config.sources),
                 loadsim_version=__version__,
@@ -228,8 +226,7 @@ class Runner:
             await sampler.close()
 
     def _check_capacity(self, config: RunConfig, available: int, events: EventLog) -> None:
-        capacity = config.pool.capacity
-        needed = config.total_clients if capacity is None else capacity
+        needed = config.most_connections
         if needed > available:
             message = (
                 f"scenario {config.scenario!r} may open {needed} connections but the server "
@@ -259,7 +256,8 @@ class Runner:
             workload=config.workload,
             metrics=monitor.metrics,
             seed=config.seed,
-            clients=plan_clients(config.workload, config.groups),
+            clients=plan_clients(config.workload, config.groups, config.arrivals is not None),
+            arrivals=config.arrivals,
             on_all_done=all_done.set,
         )
         if self.dashboard is not None:
@@ -305,8 +303,8 @@ class Runner:
         self._stop_reason = "duration" if not self._stop_requested.is_set() else self._why_stop()
         fleet.stopping = True
         interrupted = self.outcome.interrupted_by is not None or self.outcome.output_closed
-        for client, task in enumerate(clients):
-            if interrupted or fleet.states[client] != ClientState.HOLDING:  # leakers too
+        for client, task in zip(fleet.clients, clients, strict=True):
+            if interrupted or fleet.states.get(client.id) != ClientState.HOLDING:  # leakers too
                 task.cancel()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(STOP_GRACE_S):

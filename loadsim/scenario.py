@@ -317,6 +317,50 @@ class Faults:
 
 
 @dataclass(frozen=True)
+class Stage:
+    """Over `duration`, the arrival rate moves linearly to `target` per second."""
+
+    duration: float
+    target: float
+
+
+@dataclass(frozen=True)
+class Arrivals:
+    """An open workload: requests arrive at a rate whatever the pool does (k6's
+    constant- and ramping-arrival-rate). A request that would exceed `max_in_flight` is
+    dropped and counted, not delayed."""
+
+    rate: float
+    distribution: str = "constant"
+    max_in_flight: int = 1000
+    stages: tuple[Stage, ...] = ()
+
+    def rate_at(self, elapsed: float) -> float:
+        """Requests per second `elapsed` seconds into the run."""
+        rate, start = self.rate, 0.0
+        for stage in self.stages:
+            if elapsed < start + stage.duration:
+                return rate + (stage.target - rate) * (elapsed - start) / stage.duration
+            rate, start = stage.target, start + stage.duration
+        return rate
+
+    def time_after(self, start: float, arrivals: float, horizon: float) -> float:
+        """When `arrivals` more requests are due after `start` (seconds into the run): where
+        the integral of the rate from `start` reaches `arrivals`. math.inf if not before
+        `horizon`. Integrating, rather than taking 1/rate at `start`, keeps a ramp from a low
+        rate honest: the first gap does not stretch to the rate of its first instant."""
+        step = 0.001
+        moment = start
+        while moment < horizon:
+            rate = self.rate_at(moment + step / 2)
+            if rate * step >= arrivals:
+                return moment + arrivals / rate
+            arrivals -= rate * step
+            moment += step
+        return math.inf
+
+
+@dataclass(frozen=True)
 class MonitorSettings:
     """How often `monitor.stats` is written, and when a held connection counts as leaked."""
 
@@ -383,6 +427,37 @@ _FAULT_KEYS: Mapping[str, Callable[[object], Any]] = MappingProxyType(
         "idle_in_transaction_session_timeout": _positive_seconds,
     }
 )
+
+
+def _rate(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"expected a number of requests per second, got {value!r}")
+    if value < 0:
+        raise ValueError(f"expected a rate of at least 0 per second, got {value!r}")
+    return float(value)
+
+
+def _stages(value: object) -> tuple[Stage, ...]:
+    if not isinstance(value, list):
+        raise ValueError(
+            f"expected a list such as [{{ duration = '5s', target = 200 }}], got {value!r}"
+        )
+    stages = []
+    for item in value:
+        if not isinstance(item, dict) or set(item) != {"duration", "target"}:
+            raise ValueError(f"each stage needs exactly 'duration' and 'target', got {item!r}")
+        stages.append(Stage(_positive_seconds(item["duration"]), _rate(item["target"])))
+    return tuple(stages)
+
+
+_ARRIVAL_KEYS: Mapping[str, Callable[[object], Any]] = MappingProxyType(
+    {
+        "rate": _rate,
+        "distribution": _choice("constant", "poisson"),
+        "max_in_flight": _integer(1, "an integer of at least 1"),
+        "stages": _stages,
+    }
+)
 _MONITOR_KEYS: Mapping[str, Callable[[object], Any]] = MappingProxyType(
     {
         "interval": _positive_seconds,
@@ -399,6 +474,7 @@ _SCENARIO_KEYS = (
     "faults",
     "monitor",
     "thresholds",
+    "arrivals",
     *WORKLOAD_KEYS,
 )
 
@@ -424,6 +500,7 @@ class Scenario:
     faults: Faults = Faults()
     monitor: MonitorSettings = MonitorSettings()
     thresholds: tuple[Threshold, ...] = ()
+    arrivals: Arrivals | None = None
 
 
 @dataclass(frozen=True)
@@ -539,6 +616,14 @@ def _parse_scenario(name: str, body: Mapping[str, Any], path: Path) -> Scenario:
         and monitor.leak_reclaim < monitor.leak_threshold
     ):
         raise ScenarioError(f"{where} [monitor]: leak_reclaim must not be below leak_threshold")
+    arrivals = None
+    if "arrivals" in body:
+        values_of = _parse_table(body["arrivals"], _ARRIVAL_KEYS, f"{where} [arrivals]")
+        if "rate" not in values_of:
+            raise ScenarioError(f"{where} [arrivals]: key 'rate' (requests per second) is required")
+        arrivals = Arrivals(**values_of)
+        if workload.duration is None:
+            raise ScenarioError(f"{where}: an open workload ([arrivals]) needs a 'duration'")
     check_workload(workload, where, faults)
     thresholds = body.get("thresholds", [])
     if not isinstance(thresholds, list):
@@ -561,6 +646,7 @@ def _parse_scenario(name: str, body: Mapping[str, Any], path: Path) -> Scenario:
         thresholds=tuple(
             _parse_value(parse_threshold, item, where, "thresholds") for item in thresholds
         ),
+        arrivals=arrivals,
     )
 
 

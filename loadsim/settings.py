@@ -18,6 +18,7 @@ from loadsim.events import LEVELS as LOG_LEVELS
 from loadsim.scenario import (
     POOL_KEYS,
     WORKLOAD_KEYS,
+    Arrivals,
     ClientGroup,
     Faults,
     MonitorSettings,
@@ -105,17 +106,29 @@ class RunConfig:
     faults: Faults
     monitor: MonitorSettings
     thresholds: tuple[Threshold, ...]
+    arrivals: Arrivals | None
     seed: int | None
     log_level: str
 
     @property
     def groups_with_main(self) -> tuple[ClientGroup, ...]:
-        """Every client group, the scenario's main workload first."""
+        """Every group of closed-loop clients, the scenario's main workload first (an open
+        workload's requests are not clients: they come and go)."""
+        if self.arrivals is not None:
+            return self.groups
         return (self.workload.main_group(), *self.groups)
 
     @property
     def total_clients(self) -> int:
         return sum(group.clients for group in self.groups_with_main)
+
+    @property
+    def most_connections(self) -> int:
+        """The most connections one instance of this run may open at once."""
+        if self.pool.capacity is not None:
+            return self.pool.capacity
+        in_flight = self.arrivals.max_in_flight if self.arrivals is not None else 0
+        return self.total_clients + in_flight
 
     #: setting name → where its value came from ("flag", "environment", "scenario",
     #: "preset NAME", "default").
@@ -189,6 +202,7 @@ def resolve(
         monitor=scenario.monitor,
         thresholds=scenario.thresholds
         + tuple(_parse_flag(parse_threshold, text, "threshold") for text in flags.thresholds),
+        arrivals=scenario.arrivals,
         seed=flags.seed,
         log_level=log_level,
         sources=MappingProxyType(sources),

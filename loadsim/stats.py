@@ -170,6 +170,10 @@ class RunMetrics:
     use_time: Latency = field(default_factory=Latency)
     query_time: Latency = field(default_factory=Latency)
     create_time: Latency = field(default_factory=Latency)
+    #: Open workloads: from a request's intended start to its end.
+    response_time: Latency = field(default_factory=Latency)
+    requests: int = 0  # open workloads: requests due to start
+    dropped: int = 0  # ... of which not started: max_in_flight was reached
     checkouts: int = 0
     timeouts: int = 0
     errors: int = 0
@@ -191,6 +195,8 @@ class RunMetrics:
         """`monitor.stats`: the window's rates and latencies, and the running totals."""
         totals = {
             "checkouts": self.checkouts,
+            "requests": self.requests,
+            "dropped": self.dropped,
             "timeouts": self.timeouts,
             "errors": self.errors,
             **pool_counters,
@@ -202,6 +208,7 @@ class RunMetrics:
             "use_time_ms": self.use_time.close_window(),
             "query_time_ms": self.query_time.close_window(),
             "create_time_ms": self.create_time.close_window(),
+            "response_time_ms": self.response_time.close_window(),
             "totals": totals,
         }
 
@@ -214,6 +221,9 @@ class RunMetrics:
             "clients": self.clients,
             "checkouts": self.checkouts,
             "checkouts_per_s": rate(self.checkouts, elapsed),
+            "requests": self.requests,
+            "requests_per_s": rate(self.requests, elapsed),
+            "dropped": self.dropped,
             "timeouts": self.timeouts,
             "errors": self.errors,
             "errors_by_kind": dict(self.errors_by_kind),
@@ -228,6 +238,7 @@ class RunMetrics:
             "use_time_ms": self.use_time.run_figures(),
             "query_time_ms": self.query_time.run_figures(),
             "create_time_ms": self.create_time.run_figures(),
+            "response_time_ms": self.response_time.run_figures(),
             "utilisation_mean": utilisation_mean,
             "utilisation_max": (
                 round(self.utilisation.peak, 4) if self.capacity is not None else None

@@ -16,10 +16,13 @@ from typing import Any
 
 from loadsim.stats import LATENCY_STATS
 
-_LATENCIES = ("wait_time", "use_time", "query_time", "create_time")
+_LATENCIES = ("wait_time", "use_time", "query_time", "create_time", "response_time")
 _COUNTS = (
     "checkouts",
     "checkouts_per_s",
+    "requests",
+    "requests_per_s",
+    "dropped",
     "timeouts",
     "errors",
     "connects",

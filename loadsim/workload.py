@@ -18,8 +18,9 @@ import math
 import random
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import IntEnum
+from typing import Any
 
 import asyncpg
 from sqlalchemy import exc, text
@@ -27,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from loadsim.events import EventLog
 from loadsim.monitor import PoolMonitor, current_client
-from loadsim.scenario import ClientGroup, Workload
+from loadsim.scenario import Arrivals, ClientGroup, Workload
 from loadsim.stats import RunMetrics
 
 _SLEEP = text("SELECT pg_sleep(:hold)")
@@ -51,14 +52,25 @@ class Client:
     id: int
     group: ClientGroup
     start_delay: float
+    #: One request of an open workload, rather than a client that stays for the run.
+    request: bool = False
 
 
-def plan_clients(workload: Workload, groups: tuple[ClientGroup, ...]) -> list[Client]:
+_ARRIVALS_DRIVER = "arrivals"  # the behaviour of the task that starts an open workload's requests
+
+
+def plan_clients(
+    workload: Workload, groups: tuple[ClientGroup, ...], open_workload: bool = False
+) -> list[Client]:
     """Every client of a run, numbered from 0: the main workload's first (started evenly over
-    `ramp_up`), then each group's (started at the group's `start`)."""
+    `ramp_up`) or, for an open workload, the one task that starts its requests; then each
+    group's (started at the group's `start`)."""
     main = workload.main_group()
-    step = workload.ramp_up / main.clients if workload.ramp_up > 0 else 0.0
-    clients = [Client(index, main, index * step) for index in range(main.clients)]
+    if open_workload:
+        clients = [Client(0, replace(main, name=_ARRIVALS_DRIVER, behaviour=_ARRIVALS_DRIVER), 0)]
+    else:
+        step = workload.ramp_up / main.clients if workload.ramp_up > 0 else 0.0
+        clients = [Client(index, main, index * step) for index in range(main.clients)]
     for group in groups:
         clients.extend(Client(len(clients), group, group.start) for _ in range(group.clients))
     return clients
@@ -75,20 +87,26 @@ class ClientFleet:
     metrics: RunMetrics
     seed: int | None
     clients: list[Client]
-    states: list[ClientState] = field(default_factory=list)
+    arrivals: Arrivals | None = None
+    states: dict[int, ClientState] = field(default_factory=dict)
     stopping: bool = False
     on_all_done: Callable[[], None] = lambda: None
     _running: int = 0
 
     def __post_init__(self) -> None:
-        self.states = [ClientState.IDLE] * len(self.clients)
+        self.states = {client.id: ClientState.IDLE for client in self.clients}
         self._running = len(self.clients)
 
     def rng_for(self, client: int) -> random.Random:
         return random.Random(None if self.seed is None else self.seed * 1_000_003 + client)
 
     async def run_client(self, client: Client) -> None:
-        behaviour = {"loop": self._loop, "leak": self._leak, "cancel": self._cancel}
+        behaviour = {
+            "loop": self._loop,
+            "leak": self._leak,
+            "cancel": self._cancel,
+            _ARRIVALS_DRIVER: self._start_requests,
+        }
         try:
             current_client.set(client.id)
             if client.start_delay > 0:
@@ -115,6 +133,56 @@ class ClientFleet:
                     break
             hold = group.hold.sample(rng)
             await self._with_connection(client, functools.partial(_use, group=group, hold=hold))
+
+    async def _start_requests(self, driver: Client) -> None:
+        """An open workload: start a request at each intended time, whether or not the pool
+        keeps up. A request's response time runs from its intended start, so a stalled pool
+        shows up as latency instead of as a quietly lower load (coordinated omission)."""
+        assert self.arrivals is not None
+        arrivals, metrics, group = self.arrivals, self.metrics, driver.group
+        rng = self.rng_for(driver.id)
+        poisson = arrivals.distribution == "poisson"
+        in_flight: dict[int, asyncio.Task[None]] = {}
+        next_id = len(self.clients)
+        self.states[driver.id] = ClientState.HOLDING  # it winds down by itself at the end
+        horizon = self.workload.duration or math.inf
+        started = time.perf_counter()
+        due = arrivals.time_after(0.0, rng.expovariate(1.0) if poisson else 0.0, horizon)
+        async with asyncio.TaskGroup() as requests:
+            while not self.stopping and math.isfinite(due):
+                intended = started + due
+                delay = intended - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                    if self.stopping:
+                        break
+                metrics.requests += 1
+                if len(in_flight) >= arrivals.max_in_flight:
+                    metrics.dropped += 1
+                else:
+                    request = Client(next_id, group, 0.0, request=True)
+                    self.states[next_id] = ClientState.IDLE
+                    in_flight[next_id] = requests.create_task(
+                        self._request(request, intended, group.hold.sample(rng), in_flight)
+                    )
+                    next_id += 1
+                due = arrivals.time_after(due, rng.expovariate(1.0) if poisson else 1.0, horizon)
+            for request_id, task in in_flight.items():
+                if self.states.get(request_id) != ClientState.HOLDING:
+                    task.cancel()
+
+    async def _request(
+        self, client: Client, intended: float, hold: float, in_flight: dict[int, Any]
+    ) -> None:
+        current_client.set(client.id)
+        try:
+            await self._with_connection(
+                client, functools.partial(_use, group=client.group, hold=hold)
+            )
+            self.metrics.response_time.add((time.perf_counter() - intended) * 1000)
+        finally:
+            in_flight.pop(client.id, None)
+            self.states.pop(client.id, None)
 
     async def _leak(self, client: Client) -> None:
         """Check out once and keep the connection for `hold` (forever: until the run ends)."""
@@ -171,7 +239,8 @@ class ClientFleet:
                 wait_ms = (acquired - asked) * 1000
                 metrics.wait_time.add(wait_ms)
                 metrics.checkouts += 1
-                metrics.checkouts_per_client[client.id] += 1
+                if not client.request:
+                    metrics.checkouts_per_client[client.id] += 1
                 conn = monitor.last_checkout.get(client.id)
                 events.emit(
                     "client.acquired", client=client.id, conn=conn, wait_ms=round(wait_ms, 3)
@@ -219,7 +288,8 @@ class ClientFleet:
         finally:
             if waiting:
                 monitor.waiting_ended(client.id)
-            states[client.id] = ClientState.IDLE
+            if client.id in states:
+                states[client.id] = ClientState.IDLE
 
 
 async def _use(connection: AsyncConnection, group: ClientGroup, hold: float) -> None:

@@ -9,27 +9,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from loadsim.errors import ScenarioError
 from loadsim.report.aggregate import LogData, ScenarioData, read_logs
-from loadsim.report.charts import (
-    Chart,
-    distribution_chart,
-    latency_chart,
-    pool_chart,
-    slug,
-    timeline_chart,
-)
-from loadsim.report.compare import (
-    RunFigures,
-    comparison_chart,
-    comparison_over_time_chart,
-    figures,
-    labels_for,
-    table,
-)
-from loadsim.report.html import page
 from loadsim.report.reader import LogSource, Note
+
+if TYPE_CHECKING:  # matplotlib is imported only once the logs have been read
+    from loadsim.report.charts import Chart
+    from loadsim.report.compare import RunFigures
 
 
 @dataclass
@@ -57,6 +45,8 @@ def default_out_dir(sources: Sequence[str], suffix: str) -> Path:
 
 
 def scenario_charts(data: ScenarioData, prefix: str) -> list[Chart]:
+    from loadsim.report.charts import distribution_chart, latency_chart, pool_chart, timeline_chart
+
     return [
         timeline_chart(data, prefix),
         pool_chart(data, prefix),
@@ -72,6 +62,16 @@ def build_report(
     page that shows them all."""
     names = [str(source) for source in sources]
     logs, scenarios, notes = _read(names, note)
+    from loadsim.report.charts import slug
+    from loadsim.report.compare import (
+        comparison_chart,
+        comparison_over_time_chart,
+        figures,
+        labels_for,
+        table,
+    )
+    from loadsim.report.html import page
+
     labels = labels_for(scenarios)
     drawn = [
         (data, scenario_charts(data, f"{slug(label)}-"))
@@ -105,6 +105,14 @@ def build_comparison(
     """The runs (scenarios) of the logs side by side: a table, two charts and a page."""
     names = [str(source) for source in sources]
     logs, scenarios, notes = _read(names, note)
+    from loadsim.report.compare import (
+        comparison_chart,
+        comparison_over_time_chart,
+        figures,
+        table,
+    )
+    from loadsim.report.html import page
+
     runs = figures(scenarios)
     comparison = [comparison_chart(runs), comparison_over_time_chart(runs)]
     out = out_dir if out_dir is not None else default_out_dir(names, "compare")
