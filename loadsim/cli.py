@@ -158,6 +158,15 @@ def run(
     iterations: IterationsOption = None,
     seed: SeedOption = None,
     threshold: ThresholdOption = None,
+    instances: Annotated[
+        int | None,
+        typer.Option(
+            "--instances",
+            help="Run N application instances: processes, each with its own pool, events "
+            "merged into one stream.",
+            show_default=False,
+        ),
+    ] = None,
     output: Annotated[
         Path | None,
         typer.Option(
@@ -191,6 +200,7 @@ def run(
 ) -> None:
     """Run scenarios and stream their events as JSON lines on stdout."""
     from loadsim.dashboard import Dashboard  # heavy imports only for the command that needs them
+    from loadsim.instances import Fleet
     from loadsim.runner import Runner
 
     flags = _flags(
@@ -206,8 +216,12 @@ def run(
         iterations=iterations,
         seed=seed,
         thresholds=tuple(threshold or ()),
+        instances=instances,
     )
     _, configs = _configs(file, scenario or ["normal"], flags)
+    fleet = any(config.instances > 1 for config in configs)
+    if fleet and log_format is LogFormat.console:
+        raise ScenarioError("--log-format console is not available with several instances")
     kinds = select_events(events) if events is not None else EVENT_NAMES
     streams: list[IO[bytes]] = [sys.stdout.buffer]
     if output is not None:
@@ -218,18 +232,23 @@ def run(
         if not quiet:
             print(f"loadsim: warning: {message}", file=sys.stderr)
 
-    dashboard = Dashboard() if sys.stderr.isatty() and not quiet else None
+    dashboard = Dashboard() if sys.stderr.isatty() and not quiet and not fleet else None
     try:
-        outcome = Runner(
-            configs,
-            sink,
-            log_format=log_format.value,
-            colours=sys.stdout.isatty(),
-            warn=warn,
-            dashboard=dashboard,
-            kinds=kinds,
-            loop=loop.value,
-        ).run()
+        if fleet:
+            outcome = Fleet(
+                configs, sink, log_format="json", warn=warn, kinds=kinds, loop=loop.value
+            ).run()
+        else:
+            outcome = Runner(
+                configs,
+                sink,
+                log_format=log_format.value,
+                colours=sys.stdout.isatty(),
+                warn=warn,
+                dashboard=dashboard,
+                kinds=kinds,
+                loop=loop.value,
+            ).run()
     finally:
         for stream in streams[1:]:
             stream.close()
@@ -255,6 +274,19 @@ def run(
         raise typer.Exit(130)
     if failed:
         raise typer.Exit(1)
+
+
+@app.command("_instance", hidden=True)
+def instance() -> None:
+    """One instance of a fleet started by `run --instances` (its orders come on stdin)."""
+    from loadsim.instances import run_instance
+
+    sink = EventSink([sys.stdout.buffer])
+    outcome = run_instance(
+        sys.stdin.buffer.read(), sink, lambda message: print(message, file=sys.stderr)
+    )
+    if outcome.interrupted_by is not None:
+        raise typer.Exit(143 if outcome.interrupted_by == "SIGTERM" else 130)
 
 
 @app.command("list")

@@ -19,9 +19,10 @@ _RESET_ON_RETURN: dict[str, str | None] = {"rollback": "rollback", "commit": "co
 _ACCEPTED_SCHEMES = ("postgresql", "postgres", "postgresql+asyncpg")
 
 
-def application_name(run_id: str) -> str:
-    """What our sessions call themselves on the server (`pg_stat_activity.application_name`)."""
-    return f"loadsim:{run_id}"
+def application_name(run_id: str, instance: int | None = None) -> str:
+    """What our sessions call themselves on the server (`pg_stat_activity.application_name`):
+    `loadsim:RUN`, or `loadsim:RUN/K` for instance K of a fleet."""
+    return f"loadsim:{run_id}" if instance is None else f"loadsim:{run_id}/{instance}"
 
 
 def parse_database_url(raw: str) -> URL:
@@ -63,11 +64,11 @@ def mask_url_text(raw: str) -> str:
 
 
 def create_engine(
-    url: URL, pool: PoolConfig, run_id: str, session_settings: dict[str, str] | None = None
+    url: URL, pool: PoolConfig, name: str, session_settings: dict[str, str] | None = None
 ) -> AsyncEngine:
-    """The engine under test. `session_settings` are server settings for each session it
-    opens, beside its application_name."""
-    server_settings = {"application_name": application_name(run_id), **(session_settings or {})}
+    """The engine under test, its sessions called `name` on the server. `session_settings`
+    are server settings for each session it opens."""
+    server_settings = {"application_name": name, **(session_settings or {})}
     options: dict[str, Any] = {
         "pool_pre_ping": pool.pool_pre_ping,
         "pool_recycle": pool.pool_recycle,

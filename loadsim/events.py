@@ -55,7 +55,7 @@ MONITOR_EVENTS = frozenset(
     }
 )
 FAULT_EVENTS = frozenset({"fault.restart", "fault.terminate"})
-RUN_EVENTS = frozenset({"run.start", "run.end", "run.warning", "run.threshold"})
+RUN_EVENTS = frozenset({"run.start", "run.end", "run.warning", "run.threshold", "run.summary"})
 EVENT_NAMES = POOL_EVENTS | CLIENT_EVENTS | MONITOR_EVENTS | FAULT_EVENTS | RUN_EVENTS
 
 #: Events that report a problem; LOG_LEVEL=warning keeps only these (and run.start/run.end).
@@ -126,7 +126,7 @@ class EventLog:
         *,
         run_id: str,
         scenario: str,
-        instance: int = 0,
+        instance: int | None = 0,
         log_format: LogFormat = "json",
         level: str = "info",
         started: float | None = None,
@@ -241,15 +241,15 @@ def select_events(patterns: str) -> frozenset[str]:
         selected |= matched
     if not selected:
         raise ScenarioError("--events: give at least one pattern, such as 'monitor.*,run.*'")
-    return frozenset(selected | {"run.start", "run.end"})
+    return frozenset(selected | {"run.start", "run.end", "run.summary"})
 
 
 def _wanted_events(level: str) -> frozenset[str]:
     """The events written at a LOG_LEVEL: everything at debug and info, problems above."""
     if level == "warning":
-        return WARNING_EVENTS | {"run.start", "run.end"}
+        return WARNING_EVENTS | {"run.start", "run.end", "run.summary"}
     if level == "error":
-        return ERROR_EVENTS | {"run.start", "run.end"}
+        return ERROR_EVENTS | {"run.start", "run.end", "run.summary"}
     return EVENT_NAMES
 
 

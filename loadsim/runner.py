@@ -66,7 +66,12 @@ class Runner:
         dashboard: Dashboard | None = None,
         kinds: frozenset[str] = EVENT_NAMES,
         loop: str = "auto",
+        run_id: str | None = None,
+        instance: int | None = None,
     ) -> None:
+        """`instance` is set when this process is one instance of a fleet (see instances.py):
+        its events say so, and its sessions are told apart on the server."""
+        self.instance = instance
         self.kinds = kinds
         self.loop = loop
         self.configs = list(configs)
@@ -75,7 +80,7 @@ class Runner:
         self.log_format = log_format
         self.colours = colours
         self.warn = warn
-        self.outcome = RunOutcome(run_id=uuid.uuid4().hex[:12])
+        self.outcome = RunOutcome(run_id=run_id or new_run_id())
         self._server: EmbeddedPostgres | None = None
         self._stop_requested = asyncio.Event()
         self._stop_reason: str | None = None
@@ -145,21 +150,20 @@ class Runner:
             self.sink,
             run_id=self.outcome.run_id,
             scenario=config.scenario,
+            instance=self.instance or 0,
             log_format=self.log_format,
             level=config.log_level,
             colours=self.colours,
             kinds=self.kinds,
         )
-        our_name = application_name(self.outcome.run_id)
+        our_name = application_name(self.outcome.run_id, self.instance)
         observer = ServerObserver(url)  # for faults and the final count
         sampler = ServerObserver(url)  # for monitor.stats, concurrently with faults
         try:
             info = await server_info(await observer.open())
             await check_supported(config.faults, observer, config.scenario)
             self._check_capacity(config, info.max_connections - info.reserved_connections, events)
-            engine = create_engine(
-                url, config.pool, self.outcome.run_id, config.faults.session_settings()
-            )
+            engine = create_engine(url, config.pool, our_name, config.faults.session_settings())
             metrics = RunMetrics(
                 config.total_clients, config.pool.capacity, started=time.perf_counter()
             )
@@ -213,6 +217,8 @@ class Runner:
                 pool_state=pool_state,
                 server_sessions=server_sessions,
             )
+            if self.instance is not None:
+                summary["histograms"] = metrics.histograms()
             results = evaluate(config.thresholds, summary)
             for result in results:
                 events.emit("run.threshold", **result)
@@ -347,6 +353,10 @@ class Runner:
             if not self.sink.streams and not self.outcome.output_closed:
                 self.outcome.output_closed = True
                 self._request_stop()
+
+
+def new_run_id() -> str:
+    return uuid.uuid4().hex[:12]
 
 
 LOOPS = ("auto", "asyncio", "uvloop")

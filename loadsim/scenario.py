@@ -387,6 +387,9 @@ _WORKLOAD_TABLE_KEYS: Mapping[str, Callable[[object], Any]] = MappingProxyType(
 )
 
 
+INSTANCES = _integer(1, "an integer of at least 1")
+
+
 def _group_hold(value: object) -> Distribution:
     if isinstance(value, str) and value.strip().lower() == "forever":
         return Distribution("fixed", math.inf)
@@ -475,6 +478,7 @@ _SCENARIO_KEYS = (
     "monitor",
     "thresholds",
     "arrivals",
+    "instances",
     *WORKLOAD_KEYS,
 )
 
@@ -501,6 +505,8 @@ class Scenario:
     monitor: MonitorSettings = MonitorSettings()
     thresholds: tuple[Threshold, ...] = ()
     arrivals: Arrivals | None = None
+    #: Application instances (processes, each with its own pool); None: not said.
+    instances: int | None = None
 
 
 @dataclass(frozen=True)
@@ -647,6 +653,11 @@ def _parse_scenario(name: str, body: Mapping[str, Any], path: Path) -> Scenario:
             _parse_value(parse_threshold, item, where, "thresholds") for item in thresholds
         ),
         arrivals=arrivals,
+        instances=(
+            _parse_value(INSTANCES, body["instances"], where, "instances")
+            if "instances" in body
+            else None
+        ),
     )
 
 

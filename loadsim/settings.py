@@ -16,6 +16,7 @@ from dotenv import dotenv_values
 from loadsim.errors import ScenarioError
 from loadsim.events import LEVELS as LOG_LEVELS
 from loadsim.scenario import (
+    INSTANCES,
     POOL_KEYS,
     WORKLOAD_KEYS,
     Arrivals,
@@ -91,6 +92,7 @@ class Flags:
     log_level: str | None = None
     #: Added to the scenario's own thresholds.
     thresholds: tuple[str, ...] = ()
+    instances: int | None = None
 
 
 @dataclass(frozen=True)
@@ -107,6 +109,8 @@ class RunConfig:
     monitor: MonitorSettings
     thresholds: tuple[Threshold, ...]
     arrivals: Arrivals | None
+    #: Application instances: processes, each with its own engine and pool.
+    instances: int
     seed: int | None
     log_level: str
 
@@ -191,6 +195,12 @@ def resolve(
             f"got {log_level!r}"
         )
     sources["seed"] = FLAG if flags.seed is not None else DEFAULT
+    if flags.instances is not None:
+        instances, sources["instances"] = _parse_flag(INSTANCES, flags.instances, "instances"), FLAG
+    elif scenario.instances is not None:
+        instances, sources["instances"] = scenario.instances, "scenario"
+    else:
+        instances, sources["instances"] = 1, DEFAULT
     return RunConfig(
         scenario=scenario.name,
         description=scenario.description,
@@ -203,9 +213,10 @@ def resolve(
         thresholds=scenario.thresholds
         + tuple(_parse_flag(parse_threshold, text, "threshold") for text in flags.thresholds),
         arrivals=scenario.arrivals,
+        instances=instances,
         seed=flags.seed,
         log_level=log_level,
-        sources=MappingProxyType(sources),
+        sources=sources,
     )
 
 

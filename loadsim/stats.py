@@ -54,6 +54,11 @@ class Latency:
         self._fold()
         return _figures(self._run, self._run_sum_us)
 
+    def encoded(self) -> str:
+        """The run's histogram, compressed and base64-encoded, for merging elsewhere."""
+        self._fold()
+        return str(self._run.encode().decode("ascii"))
+
     def _fold(self) -> None:
         if self._window.get_total_count():
             self._run.add(self._window)
@@ -212,6 +217,10 @@ class RunMetrics:
             "totals": totals,
         }
 
+    def histograms(self) -> dict[str, str]:
+        """Every latency's encoded histogram: how a fleet merges its instances' percentiles."""
+        return {name: getattr(self, name).encoded() for name in LATENCY_NAMES}
+
     def summary(self, now: float, pool_counters: dict[str, int], **extra: Any) -> dict[str, Any]:
         """`run.end`: the whole run."""
         elapsed = now - self.started
@@ -246,6 +255,21 @@ class RunMetrics:
             "checkouts_per_client": fairness(self.checkouts_per_client),
             **extra,
         }
+
+
+LATENCY_NAMES = ("wait_time", "use_time", "query_time", "create_time", "response_time")
+
+
+def merged_figures(
+    encoded: list[str], counts_and_means: list[tuple[int, float]]
+) -> dict[str, float]:
+    """Exact figures for several runs' latencies together, from their encoded histograms
+    (and their counts and means, for the mean)."""
+    merged = HdrHistogram(_LOWEST_US, _HIGHEST_US, _DIGITS)
+    for text in encoded:
+        merged.add(HdrHistogram.decode(text.encode("ascii")))
+    sum_us = sum(count * mean * 1000 for count, mean in counts_and_means)
+    return _figures(merged, int(sum_us))
 
 
 def fairness(checkouts_per_client: list[int]) -> dict[str, Any]:
