@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import fnmatch
+import logging
 import time
 from collections.abc import Iterable, Mapping, MutableMapping
 from typing import IO, Any, Literal
@@ -81,8 +82,6 @@ LEVELS = ("debug", "info", "warning", "error")
 
 LogFormat = Literal["json", "console"]
 
-_LEADING_KEYS = ("ts", "t", "event", "run_id", "scenario", "instance")
-
 
 class EventSink:
     """A structlog logger that writes each rendered line to several binary streams.
@@ -137,13 +136,21 @@ class EventLog:
         #: The events this log writes: those the level keeps, among the selected kinds.
         self.wanted = _wanted_events(level) & kinds
         self.started = time.perf_counter() if started is None else started
+        # Wall-clock time is read once; each event's `ts` follows the monotonic clock from
+        # there, so `ts` and `t` always agree and no event pays for a clock call and an
+        # isoformat (orjson renders the datetime itself).
+        self._wall_started = dt.datetime.now(dt.UTC) - dt.timedelta(
+            seconds=time.perf_counter() - self.started
+        )
         renderer: Any = (
             ConsoleLines(colours=colours)
             if log_format == "console"
             else structlog.processors.JSONRenderer(serializer=_dumps)
         )
+        # The filtering bound logger is structlog's fast path: a third of the stock one's cost.
         self._logger = structlog.wrap_logger(
             sink,
+            wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG),
             processors=[self._stamp, renderer],
             context_class=dict,
             cache_logger_on_first_use=True,
@@ -165,15 +172,14 @@ class EventLog:
     def _stamp(
         self, _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
     ) -> Mapping[str, Any]:
-        now = time.perf_counter()
-        ordered: dict[str, Any] = {
-            "ts": dt.datetime.now(dt.UTC).isoformat(timespec="microseconds").replace("+00:00", "Z"),
-            "t": round(now - self.started, 6),
+        elapsed = time.perf_counter() - self.started
+        event = event_dict.pop("event")
+        return {
+            "ts": self._wall_started + dt.timedelta(seconds=elapsed),
+            "t": round(elapsed, 6),
+            "event": event,
+            **event_dict,  # run_id, scenario, instance (bound first), then the fields
         }
-        for key in _LEADING_KEYS[2:]:
-            ordered[key] = event_dict.pop(key, None)
-        ordered.update(event_dict)
-        return ordered
 
 
 #: ANSI colours for `--log-format console`, by kind of event (first match wins).
@@ -254,4 +260,4 @@ def _wanted_events(level: str) -> frozenset[str]:
 
 
 def _dumps(value: Any, **_: Any) -> bytes:
-    return orjson.dumps(value, default=str)
+    return orjson.dumps(value, default=str, option=orjson.OPT_UTC_Z)

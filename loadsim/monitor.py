@@ -385,6 +385,16 @@ class Watcher:
                 next_stats += interval
                 await self.report()
 
+    async def probe_loop_lag(self, period: float = 0.01) -> None:
+        """How late the event loop wakes a short sleep, recorded as `loop_lag_ms`: when it
+        grows, loadsim itself is the bottleneck and its figures say more about it than
+        about the pool."""
+        lag = self.monitor.metrics.loop_lag
+        while True:
+            asked = time.perf_counter()
+            await asyncio.sleep(period)
+            lag.add((time.perf_counter() - asked - period) * 1000)
+
     async def report(self) -> None:
         monitor = self.monitor
         server = await self.sampler.sessions(self.application_name)

@@ -275,6 +275,7 @@ class Runner:
                     group.create_task(self._flush_periodically(events)),
                     group.create_task(self._stop_when_due(config, fleet, clients, all_done)),
                     group.create_task(watcher.run()),
+                    group.create_task(watcher.probe_loop_lag()),
                     group.create_task(faults.run()),
                 ]
                 if self.dashboard is not None:

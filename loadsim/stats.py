@@ -177,6 +177,10 @@ class RunMetrics:
     create_time: Latency = field(default_factory=Latency)
     #: Open workloads: from a request's intended start to its end.
     response_time: Latency = field(default_factory=Latency)
+    #: How late the event loop wakes a 10 ms sleep: is loadsim itself keeping up?
+    loop_lag: Latency = field(default_factory=Latency)
+    #: Seconds from the start until every client had asked for its first connection.
+    clients_started_s: float | None = None
     requests: int = 0  # open workloads: requests due to start
     dropped: int = 0  # ... of which not started: max_in_flight was reached
     checkouts: int = 0
@@ -214,6 +218,7 @@ class RunMetrics:
             "query_time_ms": self.query_time.close_window(),
             "create_time_ms": self.create_time.close_window(),
             "response_time_ms": self.response_time.close_window(),
+            "loop_lag_ms": self.loop_lag.close_window(),
             "totals": totals,
         }
 
@@ -248,6 +253,8 @@ class RunMetrics:
             "query_time_ms": self.query_time.run_figures(),
             "create_time_ms": self.create_time.run_figures(),
             "response_time_ms": self.response_time.run_figures(),
+            "loop_lag_ms": self.loop_lag.run_figures(),
+            "clients_started_s": self.clients_started_s,
             "utilisation_mean": utilisation_mean,
             "utilisation_max": (
                 round(self.utilisation.peak, 4) if self.capacity is not None else None
@@ -257,7 +264,7 @@ class RunMetrics:
         }
 
 
-LATENCY_NAMES = ("wait_time", "use_time", "query_time", "create_time", "response_time")
+LATENCY_NAMES = ("wait_time", "use_time", "query_time", "create_time", "response_time", "loop_lag")
 
 
 def merged_figures(

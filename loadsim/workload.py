@@ -23,7 +23,7 @@ from enum import IntEnum
 from typing import Any
 
 import asyncpg
-from sqlalchemy import exc, text
+from sqlalchemy import TextClause, exc, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from loadsim.events import EventLog
@@ -92,10 +92,11 @@ class ClientFleet:
     stopping: bool = False
     on_all_done: Callable[[], None] = lambda: None
     _running: int = 0
+    _not_yet_asked: int = 0
 
     def __post_init__(self) -> None:
         self.states = {client.id: ClientState.IDLE for client in self.clients}
-        self._running = len(self.clients)
+        self._running = self._not_yet_asked = len(self.clients)
 
     def rng_for(self, client: int) -> random.Random:
         return random.Random(None if self.seed is None else self.seed * 1_000_003 + client)
@@ -123,6 +124,7 @@ class ClientFleet:
     async def _loop(self, client: Client) -> None:
         group, rng = client.group, self.rng_for(client.id)
         iterations = self.workload.iterations
+        self._first_request()
         count = 0
         while not self.stopping and (iterations is None or count < iterations):
             count += 1
@@ -134,6 +136,12 @@ class ClientFleet:
             hold = group.hold.sample(rng)
             await self._with_connection(client, functools.partial(_use, group=group, hold=hold))
 
+    def _first_request(self) -> None:
+        """Counts clients in: the moment the last one starts is `clients_started_s`."""
+        self._not_yet_asked -= 1
+        if self._not_yet_asked == 0:
+            self.metrics.clients_started_s = round(time.perf_counter() - self.metrics.started, 3)
+
     async def _start_requests(self, driver: Client) -> None:
         """An open workload: start a request at each intended time, whether or not the pool
         keeps up. A request's response time runs from its intended start, so a stalled pool
@@ -141,6 +149,7 @@ class ClientFleet:
         assert self.arrivals is not None
         arrivals, metrics, group = self.arrivals, self.metrics, driver.group
         rng = self.rng_for(driver.id)
+        self._first_request()
         poisson = arrivals.distribution == "poisson"
         in_flight: dict[int, asyncio.Task[None]] = {}
         next_id = len(self.clients)
@@ -186,6 +195,7 @@ class ClientFleet:
 
     async def _leak(self, client: Client) -> None:
         """Check out once and keep the connection for `hold` (forever: until the run ends)."""
+        self._first_request()
         hold = client.group.hold.sample(self.rng_for(client.id))
 
         async def keep(connection: AsyncConnection) -> None:
@@ -199,6 +209,7 @@ class ClientFleet:
         """Have a task check out a connection and get cancelled while holding it, the way an
         asyncio application leaks one: nothing ever returns it. SQLAlchemy finds it when the
         garbage collector frees it; we collect at once so that the effect shows at once."""
+        self._first_request()
         holder = asyncio.create_task(self._hold_without_returning(client))
         await asyncio.sleep(client.group.hold.sample(self.rng_for(client.id)))
         holder.cancel()
@@ -302,7 +313,13 @@ async def _use(connection: AsyncConnection, group: ClientGroup, hold: float) -> 
         await connection.execute(_SLEEP, {"hold": hold})
     else:
         parameters = {"hold": hold} if ":hold" in group.query else {}
-        await connection.execute(text(group.query), parameters)
+        await connection.execute(_statement(group.query), parameters)
+
+
+@functools.lru_cache(maxsize=64)
+def _statement(query: str) -> TextClause:
+    """One TextClause per distinct query, built once rather than at every checkout."""
+    return text(query)
 
 
 def _pool_state_at_timeout(monitor: PoolMonitor) -> dict[str, int]:

@@ -5,8 +5,9 @@ a `ScenarioData`: the configuration and summary, one lane per connection (when i
 closed, why, how many checkouts it served), the checkouts as bars (start, end, lane, client)
 in compact arrays, marks on the lanes, the pool's counts over time as peaks per window, the
 monitor's one-second snapshots, per-client counts, and histograms of wait, use and connect
-times. Everything that could grow with the log is capped and thinned evenly (see `series`);
-`ScenarioData` says when it was, and the charts say so too.
+times. Everything that could grow with the log is capped, merged or thinned (see `series`);
+`ScenarioData` says when it was, and the charts say so too. The one thing kept per connection
+is its lane (about 50 bytes): a NullPool run opens one connection per checkout.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 
 from loadsim.errors import EventLogError
 from loadsim.report.reader import Event, LogSource, Note, read_events
-from loadsim.report.series import LogHistogram, PeakSeries, Sampled
+from loadsim.report.series import Bars, LogHistogram, PeakSeries, Sampled
 
 #: Caps on what is kept per scenario (rows past a cap are thinned evenly, and said).
 MAX_BARS = 200_000
@@ -61,6 +62,7 @@ MONITOR_COLUMNS: tuple[str, ...] = (
     "server_sessions",
     "connections_total",
     "pending_requests",
+    "instance",
 )
 _PERCENTILE_KEYS = ("p50", "p95", "p99", "max")
 
@@ -137,13 +139,15 @@ class ScenarioData:
     scenario: str
     run_id: str
     start: Event  # run.start, as written
-    summary: dict[str, Any] | None = None  # run.end's summary; None if the run did not end
+    #: run.end's summary (with several instances, run.summary's: the fleet's); None if the
+    #: run did not end
+    summary: dict[str, Any] | None = None
     first_line: int = 0
     last_t: float = 0.0
     events: Counter[str] = field(default_factory=Counter)
     lanes: Lanes = field(default_factory=Lanes)
-    #: checkouts: start, end (s), lane, client (-1: none)
-    bars: Sampled = field(default_factory=lambda: Sampled("ddqq", MAX_BARS))
+    #: checkouts: start, end (s), lane, client (-1: none; -2: several, when merged), count
+    bars: Bars = field(default_factory=lambda: Bars(MAX_BARS))
     #: marks on lanes: t, lane, kind (index into MARK_KINDS), cause (for closes; -1)
     marks: Sampled = field(default_factory=lambda: Sampled("dqhh", MAX_MARKS))
     pool: PeakSeries = field(default_factory=PeakSeries)
@@ -156,13 +160,19 @@ class ScenarioData:
     alerts: list[tuple[float, str]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     thresholds: list[dict[str, Any]] = field(default_factory=list)
-    clients: dict[int, ClientStats] = field(default_factory=dict)
+    #: (instance, client) → what the client did
+    clients: dict[tuple[int, int], ClientStats] = field(default_factory=dict)
+    instances: list[int] = field(default_factory=list)  # those with a run.start, sorted
+    instance_summaries: dict[int, dict[str, Any]] = field(default_factory=dict)  # run.end's
+    fleet_summary: dict[str, Any] | None = None  # run.summary's, with several instances
     wait_ms: LogHistogram = field(default_factory=LogHistogram)
     use_ms: LogHistogram = field(default_factory=LogHistogram)
     connect_ms: LogHistogram = field(default_factory=LogHistogram)
     checkouts: int = 0
     still_held: int = 0  # checkouts not returned when the log ends
     _open_bars: dict[int, tuple[float, int]] = field(default_factory=dict)  # lane → start
+    _open_per_instance: Counter[int] = field(default_factory=Counter)  # connections open
+    _pending: dict[int, int] = field(default_factory=dict)  # instance → clients waiting
 
     @property
     def label(self) -> str:
@@ -171,6 +181,14 @@ class ScenarioData:
     @property
     def complete(self) -> bool:
         return self.summary is not None
+
+    @property
+    def several_instances(self) -> bool:
+        return len(self.instances) > 1
+
+    def client_label(self, key: tuple[int, int]) -> int | str:
+        """A client's name in charts: its id, or instance/id with several instances."""
+        return f"{key[0]}/{key[1]}" if self.several_instances else key[1]
 
     @property
     def config(self) -> dict[str, Any]:
@@ -217,8 +235,13 @@ def read_log(source: LogSource, note: Note | None = None) -> LogData:
     scenarios = folder.finish()
     for data in scenarios:
         if not data.complete:
+            missing = (
+                "no run.summary (the fleet's figures)"
+                if data.several_instances and len(data.instance_summaries) == len(data.instances)
+                else "no run.end"
+            )
             noted(
-                f"{source.label}: scenario {data.scenario!r} has no run.end (the run was "
+                f"{source.label}: scenario {data.scenario!r} has {missing} (the run was "
                 "interrupted?): its figures are computed from the events that are there"
             )
         if data.still_held:
@@ -262,6 +285,7 @@ class Folder:
             "fault.restart": self._fault,
             "fault.terminate": self._fault,
             "run.end": self._end,
+            "run.summary": self._fleet,
             "run.warning": self._warning,
             "run.threshold": self._threshold,
         }
@@ -270,20 +294,27 @@ class Folder:
         name: str = event["event"]
         key = (event.get("run_id"), event["scenario"])
         if name == "run.start":
-            data = ScenarioData(
-                source=self.label,
-                scenario=event["scenario"],
-                run_id=str(event.get("run_id")),
-                start=event,
-                first_line=number,
-            )
-            if key in self._scenarios:
+            instance = event.get("instance") or 0
+            existing = self._scenarios.get(key)
+            if existing is None:
+                data = ScenarioData(
+                    source=self.label,
+                    scenario=event["scenario"],
+                    run_id=str(event.get("run_id")),
+                    start=event,
+                    first_line=number,
+                )
+                self._scenarios[key] = data
+                self._order.append(data)
+            elif instance in existing.instances:
                 raise EventLogError(
                     f"{self.label}: line {number}: a second run.start for scenario "
                     f"{event['scenario']!r} of run {event.get('run_id')}"
+                    + (f", instance {instance}" if existing.several_instances else "")
                 )
-            self._scenarios[key] = data
-            self._order.append(data)
+            else:
+                data = existing
+            data.instances = sorted([*data.instances, instance])
         elif key == self._last_key and self._last is not None:
             data = self._last
         else:
@@ -296,28 +327,27 @@ class Folder:
             data = found
         self._last_key, self._last = key, data
         t: float = event["t"]
-        if t > data.last_t:
+        if t > data.last_t and name != "run.summary":  # run.summary: the parent's clock
             data.last_t = t
         data.events[name] += 1
-        if name.startswith("pool."):
-            used = event.get("connections_used")
-            total = event.get("connections_total")
-            if used is not None and total is not None:
-                data.pool.add(
-                    t, used, total, event.get("overflow") or 0, event.get("pending_requests") or 0
-                )
-        handler = self._handlers.get(name)
-        if handler is not None:
-            try:
+        try:
+            handler = self._handlers.get(name)
+            if handler is not None:
                 handler(data, event, t)
-            except (TypeError, ValueError, KeyError) as error:
-                raise EventLogError(
-                    f"{self.label}: line {number}: {name}: a field is missing or of the "
-                    f"wrong type ({type(error).__name__}: {error})"
-                ) from None
+            if name.startswith("pool."):
+                self._pool_counts(data, event, t)
+        except (TypeError, ValueError, KeyError) as error:
+            raise EventLogError(
+                f"{self.label}: line {number}: {name}: a field is missing or of the "
+                f"wrong type ({type(error).__name__}: {error})"
+            ) from None
 
     def finish(self) -> list[ScenarioData]:
         for data in self._order:
+            if data.fleet_summary is not None:
+                data.summary = data.fleet_summary
+            elif len(data.instance_summaries) == 1 and not data.several_instances:
+                data.summary = next(iter(data.instance_summaries.values()))
             for lane, (start, client) in data._open_bars.items():
                 data.bars.append(start, data.last_t, lane, client)
                 data.still_held += 1
@@ -325,6 +355,33 @@ class Folder:
         return self._order
 
     # ------------------------------------------------------------------- helpers
+
+    @staticmethod
+    def _pool_counts(data: ScenarioData, event: Event, t: float) -> None:
+        """The pool's counts after a pool event, from the events themselves: connections open
+        are the lanes open, in use the checkouts not yet returned. The counts the events
+        carry are SQLAlchemy's, taken inside its listeners, and some are taken before the
+        pool accounts for the event (a checkin still counts its connection in use, an
+        overflow close its connection open, a dispose drains the queue while "in use"
+        rises); only `pending_requests`, which loadsim counts itself, is used as it is.
+        With several instances, these are the fleet's sums."""
+        instance = event.get("instance") or 0
+        pending = event.get("pending_requests")
+        if isinstance(pending, int):
+            data._pending[instance] = pending
+        pool_size = data.pool_config.get("pool_size")
+        overflow = 0
+        if data.pool_config.get("pool_class", "queue") != "null" and isinstance(pool_size, int):
+            for opened in data._open_per_instance.values():
+                if opened > pool_size:
+                    overflow += opened - pool_size
+        data.pool.add(
+            t,
+            len(data._open_bars),
+            len(data.lanes.open),
+            overflow,
+            sum(data._pending.values()),
+        )
 
     @staticmethod
     def _lane(data: ScenarioData, event: Event, t: float, create: bool) -> int | None:
@@ -335,6 +392,7 @@ class Folder:
         lane = data.lanes.open.get(key)
         if lane is None and create:
             lane = data.lanes.add(key[0], conn, t)
+            data._open_per_instance[key[0]] += 1
             data.marks.append(t, lane, _MARK["connect"], -1)
         return lane
 
@@ -349,9 +407,10 @@ class Folder:
         client = event.get("client")
         if client is None:
             return None
-        stats = data.clients.get(client)
+        key = (int(event.get("instance") or 0), int(client))
+        stats = data.clients.get(key)
         if stats is None:
-            stats = data.clients[client] = ClientStats()
+            stats = data.clients[key] = ClientStats()
         return stats
 
     def _mark(self, data: ScenarioData, event: Event, t: float, kind: str) -> None:
@@ -401,6 +460,7 @@ class Folder:
             return
         self._end_bar(data, lane, t)
         data.lanes.close(lane, t, cause)
+        data._open_per_instance[int(data.lanes.instance[lane])] -= 1
         data.marks.append(t, lane, _MARK["close"], data.lanes.cause[lane])
 
     def _detach(self, data: ScenarioData, event: Event, t: float) -> None:
@@ -468,6 +528,7 @@ class Folder:
             sessions,
             _number(event.get("connections_total")),
             _number(event.get("pending_requests")),
+            float(event.get("instance") or 0),
         )
 
     def _alert(self, data: ScenarioData, event: Event, t: float) -> None:
@@ -487,7 +548,13 @@ class Folder:
 
     def _end(self, data: ScenarioData, event: Event, t: float) -> None:
         summary = event.get("summary")
-        data.summary = summary if isinstance(summary, dict) else {}
+        data.instance_summaries[int(event.get("instance") or 0)] = (
+            summary if isinstance(summary, dict) else {}
+        )
+
+    def _fleet(self, data: ScenarioData, event: Event, t: float) -> None:
+        summary = event.get("summary")
+        data.fleet_summary = summary if isinstance(summary, dict) else {}
 
     def _warning(self, data: ScenarioData, event: Event, t: float) -> None:
         if len(data.warnings) < MAX_MESSAGES:

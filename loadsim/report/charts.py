@@ -11,6 +11,7 @@ from __future__ import annotations
 import heapq
 import io
 import math
+import textwrap
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.collections import PolyCollection
 from matplotlib.colors import to_rgba_array
-from matplotlib.figure import Figure
+from matplotlib.figure import Figure, SubFigure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
@@ -31,7 +32,7 @@ from matplotlib.typing import RcKeyType
 
 from loadsim.report import palette
 from loadsim.report.aggregate import MARK_KINDS, MONITOR_COLUMNS, ScenarioData
-from loadsim.report.series import LogHistogram
+from loadsim.report.series import SEVERAL_CLIENTS, LogHistogram, merge_close
 
 Floats = npt.NDArray[np.float64]
 Ints = npt.NDArray[np.int64]
@@ -41,6 +42,8 @@ WIDTH_IN = 13.0
 #: Up to this many connections, one lane each; past it, connections that never overlap in
 #: time share a row (a NullPool run opens one connection per checkout).
 MAX_LANES = 80
+#: Past this many checkouts, those close together on a row are drawn as one bar.
+MAX_BARS_DRAWN = 20_000
 #: Up to this many clients (or connections), a bar each; past it, a ranked profile.
 MAX_BARS_PER_ITEM = 60
 #: Clients named one by one in the timeline's legend, at most.
@@ -79,31 +82,37 @@ class Chart:
 
 
 @contextmanager
-def figure(height_in: float, title: str, notes: Sequence[str] = ()) -> Iterator[Figure]:
-    """A figure in the report's style, with a title and, under it, notes in grey."""
+def figure(height_in: float, title: str, notes: Sequence[str] = ()) -> Iterator[SubFigure]:
+    """A figure in the report's style: a header with the title and, under it, notes in grey,
+    above a body (yielded) for the chart's axes."""
+    lines = [line for note in notes for line in textwrap.wrap(note, 165, break_on_hyphens=False)]
+    header_in = 0.42 + (0.17 * len(lines) + 0.08 if lines else 0.0)
     with matplotlib.rc_context(STYLE):
-        fig = Figure(figsize=(WIDTH_IN, height_in), dpi=DPI, layout="constrained")
-        FigureCanvasAgg(fig)
-        subtitle = "\n".join(notes)
-        fig.suptitle(title + ("\n" if subtitle else ""), x=0.01, ha="left")
-        if subtitle:
-            fig.text(
-                0.01,
-                1 - 0.42 / height_in,
-                subtitle,
+        root = Figure(figsize=(WIDTH_IN, height_in + header_in), dpi=DPI, layout="constrained")
+        FigureCanvasAgg(root)
+        grid = root.add_gridspec(2, 1, height_ratios=[header_in, height_in])
+        header = root.add_subfigure(grid[0])
+        header.text(
+            0.004, 1 - 0.06 / header_in, title, ha="left", va="top", fontsize=14, fontweight="bold"
+        )
+        if lines:
+            header.text(
+                0.004,
+                1 - 0.38 / header_in,
+                "\n".join(lines),
                 ha="left",
                 va="top",
                 fontsize=9,
                 color="#555555",
-                transform=fig.transFigure,
+                linespacing=1.35,
             )
-        yield fig
+        yield root.add_subfigure(grid[1])
 
 
-def render(fig: Figure) -> bytes:
+def render(fig: SubFigure) -> bytes:
     buffer = io.BytesIO()
     with matplotlib.rc_context(STYLE):
-        fig.savefig(buffer, format="png", dpi=DPI, facecolor="white")
+        fig.figure.savefig(buffer, format="png", dpi=DPI, facecolor="white")
     return buffer.getvalue()
 
 
@@ -200,6 +209,7 @@ def client_colours(clients: Ints) -> npt.NDArray[np.float64]:
     table = to_rgba_array([palette.client_colour(i) for i in range(size)])
     colours = table[np.mod(clients, size)]
     colours[clients < 0] = to_rgba_array([palette.NO_CLIENT])[0]
+    colours[clients == SEVERAL_CLIENTS] = to_rgba_array([palette.KIND["checkout"]])[0]
     return colours
 
 
@@ -218,10 +228,17 @@ def timeline_chart(data: ScenarioData, name_prefix: str) -> Chart:
         rows, n_rows = np.arange(n_lanes, dtype=np.int64), n_lanes
 
     bars = data.bars
-    starts = np.frombuffer(bars.columns[0], dtype=np.float64)
-    ends = np.frombuffer(bars.columns[1], dtype=np.float64)
-    bar_lanes = np.frombuffer(bars.columns[2], dtype=np.int64)
-    bar_clients = np.frombuffer(bars.columns[3], dtype=np.int64)
+    starts, ends, bar_lanes, bar_clients, bar_counts = bars.arrays()
+    bar_rows = rows[bar_lanes]
+    gap = bars.gap
+    if len(starts) > MAX_BARS_DRAWN:  # more than the chart has pixels for: merge by row
+        span = max(end, 1e-3)
+        gap = max(gap, span / 20_000)
+        while len(starts) > MAX_BARS_DRAWN and gap < span / 300:
+            starts, ends, bar_rows, bar_clients, bar_counts = merge_close(
+                starts, ends, bar_rows, bar_clients, bar_counts, gap
+            )
+            gap *= 2
     n_bars = len(starts)
 
     notes: list[str] = []
@@ -230,8 +247,17 @@ def timeline_chart(data: ScenarioData, name_prefix: str) -> Chart:
             f"{n_lanes:,} connections in {n_rows:,} rows: connections whose lifetimes never "
             "overlap share a row (one lane each would be unreadable)."
         )
+    if gap > 0:
+        notes.append(
+            f"{data.checkouts:,} checkouts drawn as {n_bars:,} bars: checkouts less than "
+            f"{_seconds(gap)} apart on a {'row' if packed else 'connection'} are drawn as one "
+            "(blue when several clients held them)."
+        )
     if bars.thinned:
-        notes.append(sampled_note(n_bars, bars.seen, "checkouts"))
+        notes.append(
+            f"Past {aggregate_caps()['bars']:,} bars even merged, only one checkout in "
+            f"{bars.stride} is drawn."
+        )
     if data.marks.thinned:
         notes.append(sampled_note(len(data.marks), data.marks.seen, "marks"))
     if data.still_held:
@@ -255,17 +281,27 @@ def timeline_chart(data: ScenarioData, name_prefix: str) -> Chart:
         ax = fig.add_subplot()
         ax.grid(axis="y", visible=False)
         if n_lanes:
+            life_rows, life_start, life_end = rows, opened, closed
+            if n_lanes > MAX_BARS_DRAWN:  # lifetimes that touch on a row: one line
+                life_start, life_end, life_rows, _, _ = merge_close(
+                    opened,
+                    closed,
+                    rows,
+                    np.zeros(n_lanes, np.int64),
+                    np.ones(n_lanes, np.int64),
+                    max(end, 1e-3) / 3000,
+                )
             ax.hlines(
-                rows,
-                opened,
-                closed,
+                life_rows,
+                life_start,
+                life_end,
                 color=palette.KIND["open"],
                 linewidth=max(1.0, min(6.0, 120 / max(n_rows, 1))),
                 zorder=1,
             )
             legend.append(Patch(color=palette.KIND["open"], label="connection open"))
         if n_bars:
-            y = rows[bar_lanes].astype(np.float64)
+            y = bar_rows.astype(np.float64)
             half = 0.36
             verts = np.empty((n_bars, 4, 2), dtype=np.float64)
             verts[:, 0, 0] = starts
@@ -286,7 +322,11 @@ def timeline_chart(data: ScenarioData, name_prefix: str) -> Chart:
                     zorder=2,
                 )
             )
-            distinct = np.unique(bar_clients)
+            distinct = np.unique(bar_clients[bar_clients != SEVERAL_CLIENTS])
+            if (bar_clients == SEVERAL_CLIENTS).any():
+                legend.append(
+                    Patch(color=palette.KIND["checkout"], label="checkouts by several clients")
+                )
             if len(distinct) <= MAX_CLIENTS_IN_LEGEND:
                 legend.extend(
                     Patch(
@@ -347,12 +387,15 @@ def timeline_chart(data: ScenarioData, name_prefix: str) -> Chart:
             "packed": packed,
             "bars": int(n_bars),
             "checkouts": data.checkouts,
+            "checkouts_drawn": int(bar_counts.sum()),
+            "bars_merged": gap > 0,
+            "merge_gap_s": gap,
             "bars_thinned": bars.thinned,
             "extent": extent,
             "xlim": (0.0, end),
             "marks": marks_drawn,
             "faults": [fault.t for fault in data.faults],
-            "clients": sorted({int(c) for c in np.unique(bar_clients)}) if n_bars else [],
+            "clients": sorted({int(c) for c in np.unique(bar_clients) if c != SEVERAL_CLIENTS}),
         },
     )
 
@@ -455,6 +498,28 @@ def monitor_column(data: ScenarioData, name: str) -> Floats:
     return np.frombuffer(data.monitor.columns[MONITOR_COLUMNS.index(name)], dtype=np.float64)
 
 
+_LINESTYLES = ("-", "--", "-.", ":")
+
+
+def per_instance(data: ScenarioData) -> list[tuple[int, npt.NDArray[np.bool_]]]:
+    """Each instance's monitor snapshots, as a mask over the monitor rows."""
+    instances = monitor_column(data, "instance")
+    return [(int(i), instances == i) for i in np.unique(instances)]
+
+
+def fleet_sum(data: ScenarioData, name: str) -> tuple[Floats, Floats]:
+    """A monitor column over time; with several instances, summed per whole second (the
+    instances take their snapshots about a second apart each, not at the same instant)."""
+    t = monitor_column(data, "t")
+    values = monitor_column(data, name)
+    if not data.several_instances or not len(t):
+        return t, values
+    seconds, index = np.unique(np.round(t), return_inverse=True)
+    sums = np.zeros(len(seconds))
+    np.add.at(sums, index, np.nan_to_num(values))
+    return seconds, sums
+
+
 def pool_chart(data: ScenarioData, name_prefix: str) -> Chart:
     times_list, (used_l, total_l, overflow_l, pending_l) = data.pool.peaks()
     end = max(data.duration_s, 1e-3)
@@ -472,7 +537,14 @@ def pool_chart(data: ScenarioData, name_prefix: str) -> Chart:
         if isinstance(pool_size, int) and isinstance(max_overflow, int) and max_overflow >= 0
         else None
     )
+    instances = max(1, len(data.instances))
+    times_n = f" \u00d7 {instances} instances" if instances > 1 else ""
     notes = []
+    if instances > 1:
+        notes.append(
+            f"{instances} application instances, each with its own pool: the counts are the "
+            "fleet's sums; utilisation is drawn per instance."
+        )
     if data.pool.width > 0.002 and len(times):
         notes.append(
             f"Each step is the peak within a {_seconds(data.pool.width)} window "
@@ -483,7 +555,14 @@ def pool_chart(data: ScenarioData, name_prefix: str) -> Chart:
     title = f"{data.label}: the pool over time"
     monitor_t = monitor_column(data, "t")
     utilisation = monitor_column(data, "utilisation") * 100
-    server = monitor_column(data, "server_sessions")
+    server_t, server = fleet_sum(data, "server_sessions")
+    below = np.flatnonzero(utilisation < 0)
+    if len(below):
+        notes.append(
+            f"The log's utilisation is below 0 from t = {monitor_t[below[0]]:.1f} s (a release "
+            "counted without its checkout, e.g. a connection invalidated at checkout); drawn "
+            "as recorded."
+        )
     timeouts = floats(data.timeouts.column(0))
     errors = floats(data.errors.column(0))
     with figure(9.0, title, notes) as fig:
@@ -530,23 +609,23 @@ def pool_chart(data: ScenarioData, name_prefix: str) -> Chart:
             empty_message(top, "no pool events in this log (filtered by LOG_LEVEL?)")
         if isinstance(pool_size, int):
             top.axhline(
-                pool_size,
+                pool_size * instances,
                 color=palette.KIND["limit"],
                 linestyle="--",
                 linewidth=1.2,
-                label=f"pool_size = {pool_size}",
+                label=f"pool_size{times_n} = {pool_size * instances}",
             )
         if limit is not None:
             top.axhline(
-                limit,
+                limit * instances,
                 color=palette.KIND["limit"],
                 linestyle=":",
                 linewidth=1.4,
-                label=f"max = pool_size + max_overflow = {limit}",
+                label=f"max = (pool_size + max_overflow){times_n} = {limit * instances}",
             )
-        if len(monitor_t) and not np.isnan(server).all():
+        if len(server_t) and not np.isnan(server).all():
             top.plot(
-                monitor_t,
+                server_t,
                 server,
                 linestyle="none",
                 marker="o",
@@ -584,15 +663,24 @@ def pool_chart(data: ScenarioData, name_prefix: str) -> Chart:
         middle.set_title("Clients waiting for a connection (pending requests)")
         middle.set_ylim(bottom=0)
         if len(monitor_t) and not np.isnan(utilisation).all():
-            bottom.step(
-                monitor_t,
-                utilisation,
-                where="pre",
-                color=palette.KIND["utilisation"],
-                linewidth=1.8,
-                label="utilisation (time-weighted, per snapshot)",
-            )
-            bottom.set_ylim(0, 105)
+            monitor = data.start.get("monitor")
+            interval = monitor.get("interval") if isinstance(monitor, dict) else None
+            interval = float(interval) if isinstance(interval, int | float) else 1.0
+            for index, (instance, mask) in enumerate(per_instance(data)):
+                # each value is the mean over the window that ends at its snapshot
+                window_t, window_u = monitor_t[mask], utilisation[mask]
+                bottom.step(
+                    np.concatenate([[max(0.0, window_t[0] - interval)], window_t]),
+                    np.concatenate([window_u[:1], window_u]),
+                    where="pre",
+                    color=palette.KIND["utilisation"],
+                    linestyle=_LINESTYLES[index % len(_LINESTYLES)],
+                    linewidth=1.8,
+                    label=f"instance {instance}"
+                    if instances > 1
+                    else "utilisation (time-weighted, per snapshot)",
+                )
+            bottom.set_ylim(min(0.0, float(np.nanmin(utilisation)) * 1.1), 105)
         else:
             empty_message(
                 bottom,
@@ -645,6 +733,7 @@ def pool_chart(data: ScenarioData, name_prefix: str) -> Chart:
             "max_pending": int(pending.max(initial=0)),
             "pool_size": pool_size,
             "limit": limit,
+            "instances": instances,
             "window_s": data.pool.width,
             "points": len(times),
             "monitor_snapshots": len(monitor_t),
@@ -662,17 +751,18 @@ def _seconds(value: float) -> str:
 
 
 def distribution_chart(data: ScenarioData, name_prefix: str) -> Chart:
-    clients = sorted(data.clients)
-    checkouts = {c: data.clients[c].checkouts for c in clients}
-    timeouts = {c: data.clients[c].timeouts for c in clients}
-    waits = {c: data.clients[c].wait_mean_ms for c in clients}
-    wait_max = {c: data.clients[c].wait_max_ms for c in clients}
+    keys = sorted(data.clients)
+    clients = [data.client_label(key) for key in keys]
+    checkouts = {data.client_label(k): data.clients[k].checkouts for k in keys}
+    timeouts = {data.client_label(k): data.clients[k].timeouts for k in keys}
+    waits = {data.client_label(k): data.clients[k].wait_mean_ms for k in keys}
+    wait_max = {data.client_label(k): data.clients[k].wait_max_ms for k in keys}
     lanes = data.lanes
-    per_conn: dict[int, int] = {}
+    per_conn: dict[int | str, int] = {}
     for lane in range(len(lanes)):
-        per_conn[int(lanes.conn[lane])] = per_conn.get(int(lanes.conn[lane]), 0) + int(
-            lanes.checkouts[lane]
-        )
+        conn = int(lanes.conn[lane])
+        label = f"{lanes.instance[lane]}/{conn}" if data.several_instances else conn
+        per_conn[label] = per_conn.get(label, 0) + int(lanes.checkouts[lane])
     notes = []
     summary_per_client = (data.summary or {}).get("checkouts_per_client")
     if isinstance(summary_per_client, dict) and "jain_index" in summary_per_client:
@@ -690,7 +780,7 @@ def distribution_chart(data: ScenarioData, name_prefix: str) -> Chart:
             clients,
             [checkouts[c] for c in clients],
             "client",
-            [palette.client_colour(c) for c in clients],
+            [palette.client_colour(key[1]) for key in keys],
             stacked=[timeouts[c] for c in clients],
             stacked_label="timeouts",
         )
@@ -698,7 +788,7 @@ def distribution_chart(data: ScenarioData, name_prefix: str) -> Chart:
             "Checkouts per client" + (" (and timeouts)" if any(timeouts.values()) else "")
         )
         ax_clients.set_ylabel("checkouts")
-        conns = sorted(per_conn)
+        conns = list(per_conn)
         _per_item(
             ax_conns,
             conns,
@@ -743,7 +833,7 @@ def distribution_chart(data: ScenarioData, name_prefix: str) -> Chart:
 
 def _per_item(
     ax: Axes,
-    items: Sequence[int],
+    items: Sequence[int | str],
     values: Sequence[float],
     noun: str,
     colours: Sequence[str],
@@ -793,7 +883,12 @@ def _per_item(
     if peaks is not None:
         ax.plot(x, peaks, "o", color="black", markersize=4, label="longest wait")
     ax.set_xticks(x, [str(i) for i in items], fontsize=8 if len(items) > 30 else 9)
-    ax.set_xlabel(noun + (" (conn id)" if noun == "connection" else " (id)"))
+    several = any(isinstance(item, str) for item in items)
+    ax.set_xlabel(
+        noun
+        + (" (conn id)" if noun == "connection" else " (id)")
+        + (", instance/id" if several else "")
+    )
     ax.set_xlim(-0.6, len(items) - 0.4)
 
 
@@ -805,6 +900,11 @@ def latency_chart(data: ScenarioData, name_prefix: str) -> Chart:
     summary = data.summary or {}
     title = f"{data.label}: latency — waiting for a connection, and holding it"
     notes = []
+    if data.several_instances:
+        notes.append(
+            f"{len(data.instances)} application instances: one line per instance (solid, "
+            "dashed, ...); the distributions below hold every instance's samples."
+        )
     if data.monitor.thinned:
         notes.append(sampled_note(len(data.monitor), data.monitor.seen, "monitor snapshots"))
     with figure(9.0, title, notes) as fig:
@@ -818,14 +918,33 @@ def latency_chart(data: ScenarioData, name_prefix: str) -> Chart:
             (ax_use, "use", palette.USE_SHADES, "Use time (checkout to return)"),
         ):
             drawn = 0
-            for label, shade in zip(("p50", "p95", "p99"), shades, strict=True):
-                values = monitor_column(data, f"{kind}_{label}")
-                if len(values) and not np.isnan(values).all():
-                    ax.plot(t, values, marker=".", color=shade, linewidth=1.6, label=label)
-                    drawn += int(np.isfinite(values).sum())
+            for index, (_, mask) in enumerate(per_instance(data)):
+                style = _LINESTYLES[index % len(_LINESTYLES)]
+                for label, shade in zip(("p50", "p95", "p99"), shades, strict=True):
+                    values = monitor_column(data, f"{kind}_{label}")[mask]
+                    if len(values) and not np.isnan(values).all():
+                        ax.plot(
+                            t[mask],
+                            values,
+                            marker=".",
+                            color=shade,
+                            linewidth=1.6,
+                            linestyle=style,
+                            label=label if index == 0 else None,
+                        )
+                        drawn += int(np.isfinite(values).sum())
+                peaks = monitor_column(data, f"{kind}_max")[mask]
+                if len(peaks) and not np.isnan(peaks).all():
+                    ax.plot(
+                        t[mask],
+                        peaks,
+                        linestyle=":",
+                        color=shades[-1],
+                        linewidth=1.2,
+                        label="max" if index == 0 else None,
+                    )
             peaks = monitor_column(data, f"{kind}_max")
             if len(peaks) and not np.isnan(peaks).all():
-                ax.plot(t, peaks, linestyle=":", color=shades[-1], linewidth=1.2, label="max")
                 _log_if_wide(ax, np.concatenate([peaks, monitor_column(data, f"{kind}_p50")]))
             over_time[kind] = drawn
             if not drawn:
@@ -922,3 +1041,9 @@ def _histogram(ax: Axes, histogram: LogHistogram, colour: str, summary: Any) -> 
 
 def _ms_tick(value: float, _position: int | None) -> str:
     return f"{value:,.0f}" if value >= 1 else f"{value:g}"
+
+
+def aggregate_caps() -> dict[str, int]:
+    from loadsim.report import aggregate
+
+    return {"bars": aggregate.MAX_BARS, "marks": aggregate.MAX_MARKS}

@@ -12,6 +12,7 @@ import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -54,7 +55,8 @@ def labels_for(scenarios: Sequence[ScenarioData]) -> list[str]:
     """Scenario names, made unique with the log's name (and a number) where they repeat."""
     names = Counter(s.scenario for s in scenarios)
     labels = [
-        s.scenario if names[s.scenario] == 1 else f"{s.scenario} ({s.source})" for s in scenarios
+        s.scenario if names[s.scenario] == 1 else f"{s.scenario} ({Path(s.source).name})"
+        for s in scenarios
     ]
     seen: Counter[str] = Counter()
     unique = []

@@ -7,6 +7,10 @@
 - `Sampled`: rows of numbers in compact typed arrays; past `cap` rows it keeps every second
   row and then records every second row from then on (then every fourth, ...), so a chart of
   a very long log shows an even sample and says so.
+- `Bars`: intervals on lanes (checkouts on connections). Past `cap`, intervals of a lane that
+  are less than a small gap apart are merged into one (which counts them), the gap doubling
+  as needed, so that busy and idle time stay true at the resolution of a chart; only when
+  merging cannot help (a NullPool run: one interval per lane) does it thin evenly.
 """
 
 from __future__ import annotations
@@ -14,6 +18,9 @@ from __future__ import annotations
 import math
 from array import array
 from collections.abc import Sequence
+
+import numpy as np
+import numpy.typing as npt
 
 # ---------------------------------------------------------------------------- histogram
 
@@ -187,3 +194,124 @@ class Sampled:
 
     def column(self, index: int) -> Sequence[float]:
         return self.columns[index]
+
+
+# --------------------------------------------------------------------------------- bars
+
+#: The client of a merged bar whose checkouts were made by several clients.
+SEVERAL_CLIENTS = -2
+
+Floats = npt.NDArray[np.float64]
+Ints = npt.NDArray[np.int64]
+
+
+def merge_close(
+    starts: Floats, ends: Floats, groups: Ints, clients: Ints, counts: Ints, gap: float
+) -> tuple[Floats, Floats, Ints, Ints, Ints]:
+    """Merges intervals of the same group that are at most `gap` apart. A merged interval
+    counts the intervals it holds; its client is theirs if they share one, else
+    SEVERAL_CLIENTS. Returns the merged (starts, ends, groups, clients, counts)."""
+    if len(starts) == 0:
+        return starts, ends, groups, clients, counts
+    order = np.lexsort((starts, groups))
+    s, e, g, c, n = starts[order], ends[order], groups[order], clients[order], counts[order]
+    span = float(e.max() - s.min()) + 1.0
+    base = float(s.min())
+    # running end within each group (groups are sorted; the offset keeps them apart)
+    offset = (g - g.min()).astype(np.float64) * (span + gap + 1.0)
+    running = np.maximum.accumulate((e - base) + offset) - offset + base
+    new = np.ones(len(s), dtype=bool)
+    new[1:] = (g[1:] != g[:-1]) | (s[1:] - running[:-1] > gap)
+    first = np.flatnonzero(new)
+    merged_clients = np.minimum.reduceat(c, first)
+    mixed = merged_clients != np.maximum.reduceat(c, first)
+    merged_clients[mixed] = SEVERAL_CLIENTS
+    return (
+        s[first],
+        np.maximum.reduceat(e, first),
+        g[first],
+        merged_clients,
+        np.add.reduceat(n, first),
+    )
+
+
+class Bars:
+    """Intervals on lanes (start, end, lane, client, how many checkouts), at most `cap`."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.start = array("d")
+        self.end = array("d")
+        self.lane = array("q")
+        self.client = array("q")
+        self.count = array("q")
+        self.gap = 0.0  # intervals of a lane this close are merged (0: none are)
+        self.stride = 1  # past merging, one interval in `stride` is kept
+        self.seen = 0
+        self._last: dict[int, int] = {}  # lane → index of its latest interval
+
+    def __len__(self) -> int:
+        return len(self.start)
+
+    @property
+    def merged(self) -> bool:
+        return self.gap > 0
+
+    @property
+    def thinned(self) -> bool:
+        return self.stride > 1
+
+    def append(self, start: float, end: float, lane: int, client: int) -> None:
+        self.seen += 1
+        if self.stride > 1 and self.seen % self.stride:
+            return
+        if self.gap > 0:
+            index = self._last.get(lane)
+            if index is not None and start - self.end[index] <= self.gap:
+                if end > self.end[index]:
+                    self.end[index] = end
+                self.count[index] += self.stride
+                if self.client[index] != client:
+                    self.client[index] = SEVERAL_CLIENTS
+                return
+        self._last[lane] = len(self.start)
+        self.start.append(start)
+        self.end.append(end)
+        self.lane.append(lane)
+        self.client.append(client)
+        self.count.append(self.stride)
+        if len(self.start) > self.cap:
+            self._compact()
+
+    def arrays(self) -> tuple[Floats, Floats, Ints, Ints, Ints]:
+        return (
+            np.frombuffer(self.start, dtype=np.float64),
+            np.frombuffer(self.end, dtype=np.float64),
+            np.frombuffer(self.lane, dtype=np.int64),
+            np.frombuffer(self.client, dtype=np.int64),
+            np.frombuffer(self.count, dtype=np.int64),
+        )
+
+    def _compact(self) -> None:
+        arrays = self.arrays()
+        starts, ends = arrays[0].copy(), arrays[1].copy()
+        lanes, clients, counts = arrays[2].copy(), arrays[3].copy(), arrays[4].copy()
+        span = max(float(ends.max() - starts.min()), 1e-3)
+        target = self.cap // 2
+        while len(starts) > target and self.gap < span / 200:
+            self.gap = max(self.gap * 2, span / 20_000)
+            starts, ends, lanes, clients, counts = merge_close(
+                starts, ends, lanes, clients, counts, self.gap
+            )
+        if len(starts) > target:  # merging cannot help: thin evenly, in time order
+            order = np.argsort(starts, kind="stable")[::2]
+            starts, ends, lanes, clients = starts[order], ends[order], lanes[order], clients[order]
+            counts = counts[order] * 2
+            self.stride *= 2
+        order = np.argsort(starts, kind="stable")
+        self.start = array("d", starts[order].tobytes())
+        self.end = array("d", ends[order].tobytes())
+        self.lane = array("q", lanes[order].tobytes())
+        self.client = array("q", clients[order].tobytes())
+        self.count = array("q", counts[order].tobytes())
+        self._last = {int(lane): index for index, lane in enumerate(self.lane)}
