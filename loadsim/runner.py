@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import platform
@@ -278,6 +279,8 @@ class Runner:
                     group.create_task(watcher.probe_loop_lag()),
                     group.create_task(faults.run()),
                 ]
+                await asyncio.sleep(0)  # let the clients start...
+                gc.freeze()  # ...then keep the run's long-lived objects out of every collection
                 if self.dashboard is not None:
                     helpers.append(
                         group.create_task(self._refresh_dashboard(self.dashboard, config, watcher))
@@ -286,6 +289,7 @@ class Runner:
                 for helper in helpers:
                     helper.cancel()
         finally:
+            gc.unfreeze()
             if self.dashboard is not None:
                 self.dashboard.stop()
 

@@ -48,9 +48,7 @@ arrivals = { rate = 40 }
 """
 
 
-def run_open(
-    loadsim: RunLoadsim, database_url: str, tmp_path: Path, name: str
-) -> dict[str, Any]:
+def run_open(loadsim: RunLoadsim, database_url: str, tmp_path: Path, name: str) -> dict[str, Any]:
     file = write_scenarios(tmp_path, SCENARIOS)
     events = run_events(
         loadsim, name, "--file", str(file), "--database-url", database_url, "--seed", "1", "-q"
