@@ -186,6 +186,7 @@ class Runner:
                 monitor=asdict(config.monitor),
                 thresholds=[threshold.expression for threshold in config.thresholds],
                 arrivals=asdict(config.arrivals) if config.arrivals is not None else None,
+                instances=config.instances,
                 seed=config.seed,
                 sources=dict(config.sources),
                 loadsim_version=__version__,

@@ -181,7 +181,7 @@ def resolve(
         workload = replace(workload, duration=None)
         sources["duration"] = FLAG
     check_workload(workload, f"scenario {scenario.name!r}", scenario.faults)
-    for key in ("ramp_up", "hold", "think", "query"):
+    for key in ("ramp_up", "hold", "think", "query", "in_transaction"):
         sources[key] = "scenario" if key in scenario.workload_keys else DEFAULT
 
     database_url, sources["database_url"] = _pick(

@@ -82,6 +82,16 @@ def _cell(value: Any) -> str:
     return "-" if value is None else str(value)
 
 
+def _describe_faults(config: RunConfig) -> str | None:
+    faults = config.faults
+    parts = [f"restart at {format_duration(at)}" for at in faults.restart]
+    parts += [
+        f"terminate {faults.terminate_which} at {format_duration(at)}" for at in faults.terminate
+    ]
+    parts += [f"{name} {value}ms" for name, value in faults.session_settings().items()]
+    return ", ".join(parts) or None
+
+
 def format_show(config: RunConfig) -> str:
     """`loadsim show`: every resolved setting, its value, and where the value came from."""
     values: dict[str, Any] = {
@@ -94,8 +104,21 @@ def format_show(config: RunConfig) -> str:
         **{key: value for key, value in asdict(config.workload).items()},
         "hold": str(config.workload.hold),
         "think": str(config.workload.think),
+        "instances": config.instances,
         "seed": config.seed,
         "log_level": config.log_level,
+        "thresholds": ", ".join(threshold.expression for threshold in config.thresholds) or None,
+        "groups": ", ".join(
+            f"{group.name} ({group.clients} {group.behaviour})" for group in config.groups
+        )
+        or None,
+        "arrivals": (
+            f"{config.arrivals.rate:g}/s {config.arrivals.distribution}, "
+            f"{len(config.arrivals.stages)} stages, max_in_flight {config.arrivals.max_in_flight}"
+            if config.arrivals is not None
+            else None
+        ),
+        "faults": _describe_faults(config),
     }
     for key in ("pool_timeout", "pool_recycle", "duration", "ramp_up"):
         value = values.get(key)
