@@ -128,7 +128,10 @@ class Fleet:
         self._children = []
         for instance in range(config.instances):
             orders = InstanceOrders(
-                config=replace(config, database_url=database_url, thresholds=()),
+                # (sources is a read-only view, which pickle cannot carry: a plain copy can)
+                config=replace(
+                    config, database_url=database_url, thresholds=(), sources=dict(config.sources)
+                ),
                 run_id=self.outcome.run_id,
                 instance=instance,
                 log_format=self.log_format,

@@ -216,7 +216,7 @@ def resolve(
         instances=instances,
         seed=flags.seed,
         log_level=log_level,
-        sources=sources,
+        sources=MappingProxyType(sources),
     )
 
 

@@ -12,6 +12,7 @@ import heapq
 import io
 import math
 import textwrap
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -155,12 +156,14 @@ def shade_faults(ax: Axes, data: ScenarioData, *, label: bool) -> int:
                 fault.label,
                 (fault.t, 1.0),
                 xycoords=("data", "axes fraction"),
-                xytext=(3, -3),
+                xytext=(0, 2),
                 textcoords="offset points",
-                ha="left",
-                va="top",
+                ha="center",
+                va="bottom",
                 fontsize=8,
+                fontweight="bold",
                 color=palette.KIND["fault"],
+                annotation_clip=False,
             )
     return len(data.faults)
 
@@ -258,16 +261,20 @@ def timeline_chart(data: ScenarioData, name_prefix: str) -> Chart:
             f"Past {aggregate_caps()['bars']:,} bars even merged, only one checkout in "
             f"{bars.stride} is drawn."
         )
-    if data.marks.thinned:
+    if data.marks.thinned and not packed:
         notes.append(sampled_note(len(data.marks), data.marks.seen, "marks"))
     if data.still_held:
         notes.append(f"{count(data.still_held, 'checkout')} never returned: drawn to the end.")
 
-    routine = {"connect", "close:returned", "close:disposed"} if packed else set()
+    routine = {"connect", "close"} if packed else set()
     if packed:
+        causes = Counter(lanes.cause_of(lane) for lane in range(n_lanes))
+        by_cause = ", ".join(
+            f"{cause} {number:,}" for cause, number in causes.most_common() if cause is not None
+        )
         notes.append(
-            "Connect marks and closes on return or at dispose are left out here: every segment "
-            "starts with a connect and ends with a close."
+            "Connects and closes are not marked: every segment starts with a connect and ends "
+            f"with a close (closes by cause: {by_cause or 'none'})."
         )
     legend_entries = 3 + min(len(set(bar_clients.tolist())), MAX_CLIENTS_IN_LEGEND + 1) + 10
     height = min(22.0, max(4.5, 2.2 + 0.24 * max(n_rows, 1), 1.0 + 0.2 * legend_entries))
@@ -322,12 +329,15 @@ def timeline_chart(data: ScenarioData, name_prefix: str) -> Chart:
                     zorder=2,
                 )
             )
-            distinct = np.unique(bar_clients[bar_clients != SEVERAL_CLIENTS])
-            if (bar_clients == SEVERAL_CLIENTS).any():
+            several = bar_clients == SEVERAL_CLIENTS
+            distinct = np.unique(bar_clients[~several])
+            if several.any():
                 legend.append(
                     Patch(color=palette.KIND["checkout"], label="checkouts by several clients")
                 )
-            if len(distinct) <= MAX_CLIENTS_IN_LEGEND:
+            if several.mean() > 0.5:
+                pass  # mostly merged: client colours are rare, not worth a legend
+            elif len(distinct) <= MAX_CLIENTS_IN_LEGEND:
                 legend.extend(
                     Patch(
                         color=palette.client_colour(int(c)),
@@ -952,11 +962,14 @@ def latency_chart(data: ScenarioData, name_prefix: str) -> Chart:
             ax.set_title(f"{noun}, per one-second snapshot")
             ax.set_ylabel("milliseconds")
             ax.set_xlabel("time since the scenario started (s)")
-            ax.set_ylim(bottom=0 if ax.get_yscale() == "linear" else None)
+            linear = ax.get_yscale() == "linear"
+            low, high = ax.get_ylim()
+            # room above the lines for the legend
+            ax.set_ylim(0 if linear else low, high * 1.25 if linear else high * 6)
             shade_faults(ax, data, label=False)
             time_axis(ax, data)
             if drawn:
-                ax.legend(loc="upper right", ncols=4)
+                ax.legend(loc="upper left", ncols=4)
         counts: dict[str, int] = {}
         for ax, histogram, colour, noun, key in (
             (
@@ -971,12 +984,12 @@ def latency_chart(data: ScenarioData, name_prefix: str) -> Chart:
                 hist_axes[2],
                 data.connect_ms,
                 palette.KIND["connect"],
-                "Connect time (new connection)",
+                "Connect time",
                 "create_time_ms",
             ),
         ):
             counts[key] = _histogram(ax, histogram, colour, summary.get(key))
-            ax.set_title(f"{noun}: {count(histogram.count, 'sample')}")
+            ax.set_title(f"{noun}: {count(histogram.count, 'sample')}", fontsize=10)
             ax.set_xlabel("milliseconds (log scale)")
             ax.set_ylabel("count")
         png = render(fig)
@@ -1015,7 +1028,10 @@ def _histogram(ax: Axes, histogram: LogHistogram, colour: str, summary: Any) -> 
     values = floats([c for _, _, c in buckets])
     ax.bar(lows, values, width=highs - lows, align="edge", color=colour, alpha=0.85, linewidth=0)
     ax.set_xscale("log")
-    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    decades = math.log10(max(float(highs.max()), 1e-3) / float(lows.min()))
+    ax.xaxis.set_major_locator(
+        LogLocator(base=10, subs=(1.0, 2.0, 5.0) if decades <= 2.5 else (1.0,))
+    )
     ax.xaxis.set_major_formatter(FuncFormatter(_ms_tick))
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
