@@ -258,6 +258,12 @@ def test_ten_thousand_clients_in_one_process(loadsim: RunLoadsim, database_url: 
     assert summary["errors"] == 0
     assert summary["max_open"] <= 15  # pool_size 5 + max_overflow 10
     assert summary["max_pending_requests"] > 5000
+    # Starvation, measured: a few thousand checkouts shared among 10,000 clients.
+    fairness = summary["checkouts_per_client"]
+    assert fairness["starved_share"] > 0.3
+    assert fairness["min"] == 0
+    assert 0 < fairness["jain_index"] < 1
+    assert max(event["oldest_wait_ms"] for event in by_name(events, "monitor.stats")) > 1000
 
 
 def test_console_format_is_for_people(loadsim: RunLoadsim, database_url: str) -> None:
