@@ -31,7 +31,7 @@ from loadsim.errors import DatabaseUnavailable, LoadsimError
 from loadsim.events import EVENT_NAMES, EventLog, EventSink, LogFormat
 from loadsim.runner import EMBEDDED_HEADROOM, RunOutcome, new_run_id
 from loadsim.settings import RunConfig
-from loadsim.stats import LATENCY_NAMES, merged_figures
+from loadsim.stats import ADDITIVE_FIGURES, LATENCY_NAMES, merged_figures
 from loadsim.thresholds import evaluate
 
 INSTANCE_COMMAND = "_instance"
@@ -231,26 +231,7 @@ async def _forward_stderr(
             warn(f"instance {instance}: {text}")
 
 
-_SUMMED = (
-    "clients",
-    "checkouts",
-    "checkouts_per_s",
-    "requests",
-    "requests_per_s",
-    "dropped",
-    "timeouts",
-    "errors",
-    "connects",
-    "connects_per_s",
-    "closes",
-    "invalidations",
-    "detaches",
-    "max_open",
-    "max_pending_requests",
-    "leaks_suspected",
-    "leaks_reclaimed",
-    "leaks_collected",
-)
+_SUMMED = ("clients", *ADDITIVE_FIGURES)
 
 
 def aggregate(summaries: list[dict[str, Any]]) -> dict[str, Any]:

@@ -264,6 +264,27 @@ class RunMetrics:
         }
 
 
+#: Summary figures that add up across instances: counts, rates, and (an upper bound) peaks.
+ADDITIVE_FIGURES = (
+    "checkouts",
+    "checkouts_per_s",
+    "requests",
+    "requests_per_s",
+    "dropped",
+    "timeouts",
+    "errors",
+    "connects",
+    "connects_per_s",
+    "closes",
+    "invalidations",
+    "detaches",
+    "max_open",
+    "max_pending_requests",
+    "leaks_suspected",
+    "leaks_reclaimed",
+    "leaks_collected",
+)
+
 LATENCY_NAMES = ("wait_time", "use_time", "query_time", "create_time", "response_time", "loop_lag")
 
 

@@ -14,30 +14,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from loadsim.stats import LATENCY_STATS
+from loadsim.stats import ADDITIVE_FIGURES, LATENCY_NAMES, LATENCY_STATS
 
-_LATENCIES = ("wait_time", "use_time", "query_time", "create_time", "response_time")
-_COUNTS = (
-    "checkouts",
-    "checkouts_per_s",
-    "requests",
-    "requests_per_s",
-    "dropped",
-    "timeouts",
-    "errors",
-    "connects",
-    "connects_per_s",
-    "closes",
-    "invalidations",
-    "max_open",
-    "max_pending_requests",
-    "leaks_suspected",
-    "leaks_reclaimed",
-    "leaks_collected",
-    "utilisation_mean",
-    "utilisation_max",
-    "reuse_ratio",
-)
+_LATENCIES = LATENCY_NAMES
+_COUNTS = (*ADDITIVE_FIGURES, "utilisation_mean", "utilisation_max", "reuse_ratio")
 #: Short names people reach for first.
 _ALIASES = {"leaks": "leaks_suspected", "utilisation": "utilisation_max"}
 
