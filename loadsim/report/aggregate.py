@@ -174,9 +174,12 @@ class ScenarioData:
     _open_per_instance: Counter[int] = field(default_factory=Counter)  # connections open
     _pending: dict[int, int] = field(default_factory=dict)  # instance → clients waiting
 
+    #: the name shown in charts and on the page, unique among the runs of a report
+    display: str = ""
+
     @property
     def label(self) -> str:
-        return self.scenario
+        return self.display or self.scenario
 
     @property
     def complete(self) -> bool:

@@ -73,6 +73,8 @@ def build_report(
     from loadsim.report.html import page
 
     labels = labels_for(scenarios)
+    for data, label in zip(scenarios, labels, strict=True):
+        data.display = label
     drawn = [
         (data, scenario_charts(data, f"{slug(label)}-"))
         for data, label in zip(scenarios, labels, strict=True)

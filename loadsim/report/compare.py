@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from matplotlib.ticker import MaxNLocator
 
 from loadsim.report import palette
 from loadsim.report.aggregate import ScenarioData
@@ -198,14 +199,14 @@ def comparison_chart(runs: Sequence[RunFigures], name: str = "comparison.png") -
         panels = (
             (
                 axes[0][0],
-                "Throughput",
+                "Throughput (higher is better)",
                 "checkouts per second",
                 [("checkouts_per_s", None)],
                 (palette.KIND["checkout"],),
             ),
             (
                 axes[0][1],
-                "Wait for a connection",
+                "Wait for a connection (lower is better)",
                 "milliseconds",
                 [("wait_p50", "p50"), ("wait_p95", "p95"), ("wait_p99", "p99")],
                 palette.WAIT_SHADES,
@@ -248,6 +249,11 @@ def comparison_chart(runs: Sequence[RunFigures], name: str = "comparison.png") -
                 )
             ax.set_title(panel_title)
             ax.set_ylabel(unit)
+            ax.set_ylim(bottom=0)
+            if not any(run.values.get(key, 0) or 0 for run in runs for key, _ in series):
+                ax.set_ylim(0, 1)
+                ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+                empty_message(ax, "none in any run")
             ax.set_xticks(
                 x, labels, rotation=30 if rotate else 0, ha="right" if rotate else "center"
             )
