@@ -85,7 +85,14 @@ class FaultInjector:
         )
 
     async def _terminate(self, at: float) -> None:
+        began = self.events.elapsed()
         which = self.faults.terminate_which
         connection = await self.observer.open()
         terminated = await terminate_sessions(connection, self.application_name, which)
-        self.events.emit("fault.terminate", at_s=at, which=which, terminated=terminated)
+        self.events.emit(
+            "fault.terminate",
+            at_s=at,
+            began_t=round(began, 6),
+            which=which,
+            terminated=terminated,
+        )

@@ -48,6 +48,10 @@ class PoolCounters:
     leaks_collected: int = 0
 
 
+class LeakReclaimed(Exception):
+    """Why the monitor invalidated a connection (the reason on its `pool.invalidate`)."""
+
+
 @dataclass(slots=True)
 class Checkout:
     """A connection out of the pool: who has it, since when, and (with leak detection on) a
@@ -92,6 +96,7 @@ class PoolMonitor:
         self._open = 0  # connections open now, counted from events (any pool class)
         self._used = 0  # connections checked out now
         self._queue_pool = isinstance(self.pool, QueuePool)
+        self._pool_size = self.pool.size() if isinstance(self.pool, QueuePool) else 0
         self._checkouts: dict[int, Checkout] = {}  # id(connection record) → checkout
         #: client → the conn it checked out most recently
         self.last_checkout: dict[int, int] = {}
@@ -138,18 +143,19 @@ class PoolMonitor:
         return asdict(self.counters)
 
     def state(self) -> dict[str, int]:
-        """The pool's counts right now, HikariCP style: total, in use, idle, waiting."""
-        if self._queue_pool:
-            pool: QueuePool = self.pool  # type: ignore[assignment]
-            used, idle = pool.checkedout(), pool.checkedin()
-            overflow = max(0, pool.overflow())
-        else:
-            used, idle, overflow = self._used, max(0, self._open - self._used), 0
+        """The pool's counts right now, HikariCP style: total, in use, idle, waiting.
+
+        Counted from the pool's own events rather than read from the pool: SQLAlchemy fires
+        `checkin` before the connection is back in its queue, and counts a connection being
+        opened as checked out before it exists, so its counters lag or lead the event that
+        is being described. These are the counts right after the event.
+        """
+        used, total = self._used, self._open
         return {
-            "connections_total": used + idle,
+            "connections_total": total,
             "connections_used": used,
-            "connections_idle": idle,
-            "overflow": overflow,
+            "connections_idle": max(0, total - used),
+            "overflow": max(0, total - self._pool_size) if self._queue_pool else 0,
             "pending_requests": len(self._waiting_since),
         }
 
@@ -187,7 +193,8 @@ class PoolMonitor:
                     conn=checkout.conn,
                     held_ms=round(held * 1000, 3),
                 )
-                proxy.invalidate()  # closes it and frees its place in the pool
+                # closes it and frees its place in the pool
+                proxy.invalidate(LeakReclaimed(f"held {held:.1f}s, past leak_reclaim"))
 
     # ------------------------------------------------------------------- listeners
 
@@ -253,9 +260,10 @@ class PoolMonitor:
         self._emit("pool.checkout", conn)
 
     def _on_checkin(self, dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
-        self._used -= 1
-        self.metrics.utilisation.change(-1, time.perf_counter())
         checkout = self._checkouts.pop(id(record), None)
+        if checkout is not None:  # (a failed pre-ping checks in what was never checked out)
+            self._used -= 1
+            self.metrics.utilisation.change(-1, time.perf_counter())
         if dbapi_connection is None:  # invalidated while checked out: already closed
             conn = checkout.conn if checkout is not None else None
         else:
@@ -307,10 +315,11 @@ class PoolMonitor:
 
     def _on_detach(self, dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
         self.counters.detaches += 1
-        self._used -= 1
-        self.metrics.utilisation.change(-1, time.perf_counter())
-        self._emit("pool.detach", self._ids.get(id(dbapi_connection)))
         checkout = self._checkouts.pop(id(record), None)
+        if checkout is not None:
+            self._used -= 1
+            self.metrics.utilisation.change(-1, time.perf_counter())
+        self._emit("pool.detach", self._ids.get(id(dbapi_connection)))
         if checkout is not None:
             # loadsim never detaches on purpose: this is a checked-out connection whose holder
             # was garbage-collected (a cancelled task that never returned it).
