@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import signal
 import subprocess
@@ -12,7 +11,7 @@ from pathlib import Path
 
 from loadsim.database import EmbeddedPostgres
 from tests.conftest import RunLoadsim, clean_environment, parse_events, write_scenarios
-from tests.test_run import by_name, our_sessions
+from tests.test_run import by_name, sessions_left
 
 
 def instance_processes() -> list[str]:
@@ -101,7 +100,7 @@ def test_ctrl_c_stops_every_instance(database_url: str, tmp_path: Path) -> None:
     assert all(end["summary"]["interrupted"] for end in ends)
     assert events[-1]["event"] == "run.summary"
     assert not instance_processes()
-    assert asyncio.run(our_sessions(database_url)) == 0
+    assert sessions_left(database_url, events[0]["run_id"]) == 0
 
 
 def test_the_fleet_is_checked_against_max_connections(loadsim: RunLoadsim, tmp_path: Path) -> None:

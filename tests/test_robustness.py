@@ -4,7 +4,6 @@ command, as a subprocess, against a real server."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import signal
 import subprocess
@@ -26,7 +25,7 @@ from tests.conftest import (
     server_directories_of,
     write_scenarios,
 )
-from tests.test_run import by_name, our_sessions
+from tests.test_run import by_name, sessions_left
 
 SECRET = "s3cret-Pa55word"
 
@@ -50,10 +49,6 @@ def wait_for_start(process: subprocess.Popen[str]) -> str:
     first = process.stdout.readline()
     assert json.loads(first)["event"] == "run.start", first
     return first
-
-
-def our_sessions_now(database_url: str) -> int:
-    return asyncio.run(our_sessions(database_url))
 
 
 # --------------------------------------------------------------------- stopping
@@ -81,7 +76,7 @@ def test_sigterm_stops_cleanly_with_exit_143(database_url: str, tmp_path: Path) 
     assert events[-1]["event"] == "run.end"
     assert events[-1]["summary"]["signal"] == "SIGTERM"
     assert parse_events(output.read_text()) == events  # the file is complete JSON too
-    assert our_sessions_now(database_url) == 0
+    assert sessions_left(database_url, events[0]["run_id"]) == 0
 
 
 def test_ten_thousand_waiting_clients_stop_promptly(database_url: str, tmp_path: Path) -> None:
@@ -106,10 +101,11 @@ def test_ten_thousand_waiting_clients_stop_promptly(database_url: str, tmp_path:
     took = time.monotonic() - stopped
     assert process.returncode == 130, stderr
     assert took < 10, f"took {took:.1f}s to stop"
-    summary = parse_events(first + rest)[-1]["summary"]
+    events = parse_events(first + rest)
+    summary = events[-1]["summary"]
     assert summary["interrupted"] is True
     assert summary["clients"] == 10000
-    assert our_sessions_now(database_url) == 0
+    assert sessions_left(database_url, events[0]["run_id"]) == 0
 
 
 def test_a_second_ctrl_c_exits_at_once_and_leaves_no_server(tmp_path: Path) -> None:

@@ -48,15 +48,28 @@ def by_name(events: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
     return [event for event in events if event["event"] == name]
 
 
-async def our_sessions(database_url: str) -> int:
-    connection = await asyncpg.connect(**asyncpg_arguments(make_url(database_url)))
-    try:
-        count: int = await connection.fetchval(
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'loadsim:%'"
-        )
-        return count
-    finally:
-        await connection.close()
+def sessions_left(database_url: str, run_id: str) -> int:
+    """Sessions of the run `run_id` (any instance) still on the server, waiting up to two
+    seconds for backends whose clients have just disconnected to finish exiting."""
+
+    async def count() -> int:
+        connection = await asyncpg.connect(**asyncpg_arguments(make_url(database_url)))
+        try:
+            for _ in range(20):
+                left: int = await connection.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1"
+                    " OR application_name LIKE $2",
+                    f"loadsim:{run_id}",
+                    f"loadsim:{run_id}/%",
+                )
+                if left == 0:
+                    break
+                await asyncio.sleep(0.1)
+            return left
+        finally:
+            await connection.close()
+
+    return asyncio.run(count())
 
 
 def test_normal_reuses_a_few_connections(loadsim: RunLoadsim, database_url: str) -> None:
@@ -99,7 +112,7 @@ def test_normal_reuses_a_few_connections(loadsim: RunLoadsim, database_url: str)
     assert summary["pool_state"]["connections_total"] == sum(summary["server_sessions"].values())
     assert summary["server_sessions"].get("idle", 0) == summary["pool_state"]["connections_idle"]
     # ... and after it, the engine is disposed: no session of ours is left on the server.
-    assert asyncio.run(our_sessions(database_url)) == 0
+    assert sessions_left(database_url, events[0]["run_id"]) == 0
 
 
 def test_overflow_connections_are_closed_when_returned(
