@@ -26,10 +26,10 @@ from typing import Any
 from sqlalchemy.engine import URL
 
 from loadsim.database import EmbeddedPostgres, ServerObserver, server_info
-from loadsim.engine import mask_url, parse_database_url
+from loadsim.engine import mask_url
 from loadsim.errors import DatabaseUnavailable, LoadsimError
 from loadsim.events import EVENT_NAMES, EventLog, EventSink, LogFormat
-from loadsim.runner import EMBEDDED_HEADROOM, RunOutcome, new_run_id
+from loadsim.runner import RunOutcome, new_run_id, scenario_url, start_server_if_needed
 from loadsim.settings import RunConfig
 from loadsim.stats import ADDITIVE_FIGURES, LATENCY_NAMES, merged_figures
 from loadsim.thresholds import evaluate
@@ -86,18 +86,11 @@ class Fleet:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, self._on_signal, signum)
-        embedded: URL | None = None
-        if any(config.database_url is None for config in self.configs):
-            largest = max(config.instances * config.most_connections for config in self.configs)
-            self._server = EmbeddedPostgres(max_connections=max(100, largest + EMBEDDED_HEADROOM))
-            await asyncio.to_thread(self._server.start)
-            embedded = self._server.url
+        self._server = await start_server_if_needed(self.configs, self.warn)
         for config in self.configs:
             if self.outcome.interrupted_by is not None:
                 break
-            url = parse_database_url(config.database_url) if config.database_url else embedded
-            assert url is not None
-            await self._run_scenario(config, url)
+            await self._run_scenario(config, scenario_url(config, self._server))
 
     def _on_signal(self, signum: int) -> None:
         """Passes each signal on to the instances, once; at the second, stop everything now."""

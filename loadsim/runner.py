@@ -103,28 +103,11 @@ class Runner:
 
     async def _main(self) -> None:
         self._install_signal_handlers()
-        urls = {config.database_url for config in self.configs}
-        for raw in sorted(url for url in urls if url is not None):
-            parse_database_url(raw)  # a bad URL fails before anything starts
-        embedded_url: URL | None = None
-        if None in urls:
-            self._server = EmbeddedPostgres(max_connections=self._embedded_max_connections())
-            await asyncio.to_thread(self._server.start)
-            embedded_url = self._server.url
-            for directory in self._server.reaped:
-                self.warn(
-                    f"stopped an embedded PostgreSQL abandoned by an earlier run ({directory})"
-                )
+        self._server = await start_server_if_needed(self.configs, self.warn)
         for config in self.configs:
             if self.outcome.interrupted_by or self.outcome.output_closed:
                 break
-            url = parse_database_url(config.database_url) if config.database_url else embedded_url
-            assert url is not None
-            await self._run_scenario(config, url)
-
-    def _embedded_max_connections(self) -> int:
-        largest = max(config.most_connections for config in self.configs)
-        return max(100, largest + EMBEDDED_HEADROOM)
+            await self._run_scenario(config, scenario_url(config, self._server))
 
     def _install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
@@ -359,6 +342,32 @@ class Runner:
             if not self.sink.streams and not self.outcome.output_closed:
                 self.outcome.output_closed = True
                 self._request_stop()
+
+
+async def start_server_if_needed(
+    configs: Sequence[RunConfig], warn: Callable[[str], None]
+) -> EmbeddedPostgres | None:
+    """The embedded server, started when a scenario has no DATABASE_URL, with room for the
+    most connections any of them may open (every instance of it) plus the seed's 20. A bad
+    URL fails here, before anything starts."""
+    for config in configs:
+        if config.database_url is not None:
+            parse_database_url(config.database_url)
+    if all(config.database_url is not None for config in configs):
+        return None
+    largest = max(config.instances * config.most_connections for config in configs)
+    server = EmbeddedPostgres(max_connections=max(100, largest + EMBEDDED_HEADROOM))
+    await asyncio.to_thread(server.start)
+    for directory in server.reaped:
+        warn(f"stopped an embedded PostgreSQL abandoned by an earlier run ({directory})")
+    return server
+
+
+def scenario_url(config: RunConfig, server: EmbeddedPostgres | None) -> URL:
+    if config.database_url is not None:
+        return parse_database_url(config.database_url)
+    assert server is not None
+    return server.url
 
 
 def new_run_id() -> str:
