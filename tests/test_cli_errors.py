@@ -324,3 +324,30 @@ def test_usage_errors_are_one_line(
     loadsim: RunLoadsim, arguments: tuple[str, ...], detail: str
 ) -> None:
     assert_user_error(loadsim(*arguments), SCENARIO_ERROR, detail)
+
+
+@pytest.mark.parametrize(
+    ("scenario", "detail"),
+    [
+        ('iterations = 5\nduration = "1s"\n[scenarios.x.workload]\nhold = "2s"', "can outlast"),
+        ('duration = "5s"\n[scenarios.x.faults]\nrestart = "6s"', "after the end of the run"),
+        ('[scenarios.x.workload]\nhold = "exp()"', "'hold'"),
+        ('[scenarios.x.workload]\nthink = "uniform(3s, 1s)"', "low <= high"),
+        ("arrivals = { rate = 5 }\niterations = 2", "needs a 'duration'"),
+    ],
+)
+def test_contradictory_values_are_refused(
+    loadsim: RunLoadsim, tmp_path: Path, scenario: str, detail: str
+) -> None:
+    path = write_scenarios(tmp_path, f"[scenarios.x]\n{scenario}\n")
+    assert_user_error(run_offline(loadsim, "x", "--file", str(path)), SCENARIO_ERROR, detail)
+
+
+def test_a_flag_that_makes_a_fault_fall_after_the_end_is_refused(
+    loadsim: RunLoadsim, tmp_path: Path
+) -> None:
+    path = write_scenarios(
+        tmp_path, '[scenarios.x]\nduration = "10s"\n[scenarios.x.faults]\nrestart = "6s"\n'
+    )
+    result = run_offline(loadsim, "x", "--file", str(path), "--duration", "5s")
+    assert_user_error(result, SCENARIO_ERROR, "after the end of the run")
