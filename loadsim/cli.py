@@ -9,7 +9,7 @@ import enum
 import os
 import sys
 from pathlib import Path
-from typing import IO, Annotated, Any, NoReturn
+from typing import IO, Annotated, NoReturn
 
 import typer
 
@@ -123,10 +123,6 @@ SeedOption = Annotated[
 ]
 
 
-def _flags(**values: Any) -> Flags:
-    return Flags(**values)
-
-
 def _configs(
     file: Path | None, names: list[str], flags: Flags
 ) -> tuple[ScenarioFile, list[RunConfig]]:
@@ -203,7 +199,7 @@ def run(
     from loadsim.instances import Fleet
     from loadsim.runner import Runner
 
-    flags = _flags(
+    flags = Flags(
         database_url=database_url,
         preset=preset,
         pool_size=pool_size,
@@ -316,7 +312,7 @@ def show(
     seed: SeedOption = None,
 ) -> None:
     """Print a scenario's resolved configuration and where each value came from."""
-    flags = _flags(
+    flags = Flags(
         database_url=database_url,
         preset=preset,
         pool_size=pool_size,
