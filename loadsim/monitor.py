@@ -91,7 +91,8 @@ class PoolMonitor:
         self.counters = PoolCounters()
         self.disposing = False
         self._ids: dict[int, int] = {}  # id(dbapi connection) → conn
-        self._pids: dict[int, int | None] = {}  # conn → backend pid
+        self._pids: dict[int, int | None] = {}  # conn → backend pid, while it is open
+        self._connections_seen = 0
         self._close_cause: dict[int, str] = {}  # conn → why it is about to be closed
         self._open = 0  # connections open now, counted from events (any pool class)
         self._used = 0  # connections checked out now
@@ -213,10 +214,16 @@ class PoolMonitor:
     def _register(self, dbapi_connection: Any) -> int:
         conn = self._ids.get(id(dbapi_connection))
         if conn is None:
-            conn = len(self._pids) + 1
+            self._connections_seen += 1
+            conn = self._connections_seen
             self._ids[id(dbapi_connection)] = conn
             self._pids[conn] = _backend_pid(dbapi_connection)
         return conn
+
+    def _drop_pid(self, conn: int | None) -> None:
+        """After a connection's last event: a NullPool run opens one per checkout."""
+        if conn is not None:
+            self._pids.pop(conn, None)
 
     def _forget(self, dbapi_connection: Any) -> int | None:
         conn = self._ids.pop(id(dbapi_connection), None)
@@ -293,6 +300,7 @@ class PoolMonitor:
             cause = self._cause_from_record(record)
         self._forget(dbapi_connection)
         self._emit("pool.close", conn, cause=cause)
+        self._drop_pid(conn)
 
     def _cause_from_record(self, record: ConnectionPoolEntry) -> str:
         if self.disposing:
@@ -312,6 +320,7 @@ class PoolMonitor:
     def _on_close_detached(self, dbapi_connection: Any) -> None:
         conn = self._forget(dbapi_connection)
         self._emit("pool.close_detached", conn)
+        self._drop_pid(conn)
 
     def _on_detach(self, dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
         self.counters.detaches += 1

@@ -189,9 +189,10 @@ class ClientFleet:
                 client, functools.partial(_use, group=client.group, hold=hold)
             )
             self.metrics.response_time.add((time.perf_counter() - intended) * 1000)
-        finally:
+        finally:  # a request's traces go with it: a long open run must not grow
             in_flight.pop(client.id, None)
             self.states.pop(client.id, None)
+            self.monitor.last_checkout.pop(client.id, None)
 
     async def _leak(self, client: Client) -> None:
         """Check out once and keep the connection for `hold` (forever: until the run ends)."""
