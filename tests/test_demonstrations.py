@@ -163,7 +163,7 @@ def test_saturation_opens_overflow_and_queues(loadsim: RunLoadsim, database_url:
 
 
 def test_exhaustion_times_out_at_the_pool_limit(loadsim: RunLoadsim, database_url: str) -> None:
-    """exhaustion: clients hold connections (2 s) longer than pool_timeout (1 s): the pool
+    """exhaustion: clients hold connections (2.5 s) longer than pool_timeout (1 s): the pool
     stops at its limit of 10, on the server too, and the clients who cannot get one time out
     and carry on."""
     events = run_scenario(loadsim, database_url, "exhaustion")
