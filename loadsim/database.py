@@ -252,6 +252,11 @@ class ServerInfo:
     max_connections: int
     reserved_connections: int
 
+    @property
+    def available_connections(self) -> int:
+        """What an application may open: max_connections less the reserved slots."""
+        return self.max_connections - self.reserved_connections
+
 
 def asyncpg_arguments(url: URL) -> dict[str, Any]:
     """asyncpg.connect() keyword arguments for a SQLAlchemy URL."""

@@ -29,7 +29,13 @@ from loadsim.database import EmbeddedPostgres, ServerObserver, server_info
 from loadsim.engine import mask_url
 from loadsim.errors import DatabaseUnavailable, LoadsimError
 from loadsim.events import EVENT_NAMES, EventLog, EventSink, LogFormat
-from loadsim.runner import RunOutcome, new_run_id, scenario_url, start_server_if_needed
+from loadsim.runner import (
+    RunOutcome,
+    capacity_warning,
+    new_run_id,
+    scenario_url,
+    start_server_if_needed,
+)
 from loadsim.settings import RunConfig
 from loadsim.stats import ADDITIVE_FIGURES, LATENCY_NAMES, merged_figures
 from loadsim.thresholds import evaluate
@@ -183,15 +189,8 @@ class Fleet:
             info = await server_info(await observer.open())
         finally:
             await observer.close()
-        available = info.max_connections - info.reserved_connections
-        needed = config.instances * config.most_connections
-        if needed > available:
-            message = (
-                f"{config.instances} instances of scenario {config.scenario!r} may open "
-                f"{needed} connections but the server allows {available} (max_connections minus "
-                "reserved slots); size the server as max_connections >= instances x "
-                "(pool_size + max_overflow) + 20"
-            )
+        message = capacity_warning(config, info, config.instances)
+        if message is not None:
             events.emit("run.warning", message=message)
             self.warn(message)
 

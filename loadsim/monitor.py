@@ -122,9 +122,6 @@ class PoolMonitor:
             event.listen(target, name, getattr(self, f"_on_{name}"))
         event.listen(target, "do_connect", self._on_do_connect)
 
-    def conn_id(self, dbapi_connection: Any) -> int | None:
-        return self._ids.get(id(dbapi_connection))
-
     def waiting_started(self, client: int, now: float) -> None:
         waiting = self._waiting_since
         waiting[client] = now
@@ -159,9 +156,6 @@ class PoolMonitor:
             "overflow": max(0, total - self._pool_size) if self._queue_pool else 0,
             "pending_requests": len(self._waiting_since),
         }
-
-    def open_connections(self) -> int:
-        return self._open
 
     def check_leaks(self) -> None:
         """Reports checkouts held past the threshold, and reclaims those held past reclaim."""

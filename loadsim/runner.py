@@ -27,7 +27,7 @@ from sqlalchemy.engine import URL
 
 from loadsim import __version__
 from loadsim.dashboard import REFRESH_PER_SECOND, Dashboard, DashboardSnapshot
-from loadsim.database import EmbeddedPostgres, ServerObserver, server_info
+from loadsim.database import EmbeddedPostgres, ServerInfo, ServerObserver, server_info
 from loadsim.engine import application_name, create_engine, mask_url, parse_database_url
 from loadsim.errors import ScenarioError
 from loadsim.events import EVENT_NAMES, SCHEMA_VERSION, EventLog, EventSink, LogFormat
@@ -146,7 +146,7 @@ class Runner:
         try:
             info = await server_info(await observer.open())
             await check_supported(config.faults, observer, config.scenario)
-            self._check_capacity(config, info.max_connections - info.reserved_connections, events)
+            self._warn_if_too_small(capacity_warning(config, info, instances=1), events)
             engine = create_engine(url, config.pool, our_name, config.faults.session_settings())
             metrics = RunMetrics(
                 config.total_clients, config.pool.capacity, started=time.perf_counter()
@@ -216,14 +216,8 @@ class Runner:
             await observer.close()
             await sampler.close()
 
-    def _check_capacity(self, config: RunConfig, available: int, events: EventLog) -> None:
-        needed = config.most_connections
-        if needed > available:
-            message = (
-                f"scenario {config.scenario!r} may open {needed} connections but the server "
-                f"allows {available} (max_connections minus reserved slots); size the server "
-                "as max_connections >= instances x (pool_size + max_overflow) + 20"
-            )
+    def _warn_if_too_small(self, message: str | None, events: EventLog) -> None:
+        if message is not None:
             events.emit("run.warning", message=message)
             self.warn(message)
 
@@ -363,6 +357,23 @@ async def start_server_if_needed(
     return server
 
 
+def capacity_warning(config: RunConfig, info: ServerInfo, instances: int) -> str | None:
+    """The seed's sizing rule, checked before a run: a warning when `instances` copies of the
+    scenario's pool may open more connections than the server allows, else None."""
+    needed = instances * config.most_connections
+    available = info.available_connections
+    if needed <= available:
+        return None
+    who = f"scenario {config.scenario!r}"
+    if instances > 1:
+        who = f"{instances} instances of {who}"
+    return (
+        f"{who} may open {needed} connections but the server allows {available} "
+        "(max_connections minus reserved slots); size the server as max_connections >= "
+        "instances x (pool_size + max_overflow) + 20"
+    )
+
+
 def scenario_url(config: RunConfig, server: EmbeddedPostgres | None) -> URL:
     if config.database_url is not None:
         return parse_database_url(config.database_url)
@@ -372,9 +383,6 @@ def scenario_url(config: RunConfig, server: EmbeddedPostgres | None) -> URL:
 
 def new_run_id() -> str:
     return uuid.uuid4().hex[:12]
-
-
-LOOPS = ("auto", "asyncio", "uvloop")
 
 
 def choose_event_loop(wanted: str) -> tuple[Callable[[], asyncio.AbstractEventLoop] | None, str]:

@@ -40,10 +40,6 @@ class Latency:
         self._window.record_value(microseconds)
         self._window_sum_us += microseconds
 
-    @property
-    def count(self) -> int:
-        return int(self._run.get_total_count() + self._window.get_total_count())
-
     def close_window(self) -> dict[str, float]:
         """The window's figures; the window is then folded into the run and emptied."""
         figures = _figures(self._window, self._window_sum_us)
