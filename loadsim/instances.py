@@ -176,7 +176,7 @@ class Fleet:
         async for line in child.stdout:
             if not line.endswith(b"\n"):
                 break  # the instance died mid-line: a partial line is never passed on
-            self.sink.msg(line[:-1])
+            self.sink.msg(line)
             if b'"run.end"' in line[:120]:
                 with contextlib.suppress(ValueError):
                     ends[instance] = json.loads(line)["summary"]

@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import ConnectionPoolEntry, Pool, QueuePool
 
 from loadsim.database import ServerObserver
-from loadsim.events import EventLog
+from loadsim.events import EventLog, milliseconds
 from loadsim.scenario import MonitorSettings
 from loadsim.stats import RunMetrics
 
@@ -106,7 +106,10 @@ class PoolMonitor:
     # ---------------------------------------------------------------------- public
 
     def attach(self) -> None:
+        """Listens to the pool. Events that only describe (no count depends on them) are
+        listened to only when they are written: a `reset` listener costs every checkin."""
         target = self.engine.sync_engine
+        described_only = {"first_connect", "soft_invalidate", "reset"}
         for name in (
             "connect",
             "first_connect",
@@ -119,7 +122,8 @@ class PoolMonitor:
             "soft_invalidate",
             "reset",
         ):
-            event.listen(target, name, getattr(self, f"_on_{name}"))
+            if name not in described_only or f"pool.{name}" in self.events.wanted:
+                event.listen(target, name, getattr(self, f"_on_{name}"))
         event.listen(target, "do_connect", self._on_do_connect)
 
     def waiting_started(self, client: int, now: float) -> None:
@@ -196,13 +200,15 @@ class PoolMonitor:
     def _emit(self, name: str, conn: int | None, **fields: Any) -> None:
         if name not in self.events.wanted:
             return  # not written: skip the work of describing it (counts are kept anyway)
-        self.events.emit(
+        self.events.emit_fields(
             name,
-            conn=conn,
-            backend_pid=self._pids.get(conn) if conn is not None else None,
-            client=current_client.get(),
-            **fields,
-            **self.state(),
+            {
+                "conn": conn,
+                "backend_pid": self._pids.get(conn) if conn is not None else None,
+                "client": current_client.get(),
+                **fields,
+                **self.state(),
+            },
         )
 
     def _register(self, dbapi_connection: Any) -> int:
@@ -238,7 +244,7 @@ class PoolMonitor:
         started = self._connect_started.pop(current_client.get(), None)
         connect_ms = None
         if started is not None:
-            connect_ms = round((time.perf_counter() - started) * 1000, 3)
+            connect_ms = milliseconds(time.perf_counter() - started)
             self.metrics.create_time.add(connect_ms)
         self._emit("pool.connect", conn, connect_ms=connect_ms)
 

@@ -8,7 +8,9 @@ wait_time), use_time (.use_time), create_time (.create_time).
 
 from __future__ import annotations
 
+import ctypes
 import math
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,21 +29,33 @@ LATENCY_STATS = ("count", "mean", *PERCENTILE_KEYS, "max")
 
 
 class Latency:
-    """A latency in milliseconds, kept as HDR histograms for the run and for the window."""
+    """A latency in milliseconds, kept as HDR histograms for the run and for the window.
+
+    `add` is on every checkout's path, so it only appends to a list; the values are counted
+    into the window's histogram in one tight loop when figures are wanted (each
+    `monitor.stats`), or every `_BATCH` values. hdrhistogram's own `record_value` costs
+    about 1.5 µs a value in Python, five function calls deep; `_count_into` does the same
+    arithmetic inline (a test checks that the counts agree).
+    """
+
+    _BATCH = 4096
 
     def __init__(self) -> None:
         self._window = HdrHistogram(_LOWEST_US, _HIGHEST_US, _DIGITS)
         self._run = HdrHistogram(_LOWEST_US, _HIGHEST_US, _DIGITS)
+        self._pending: list[int] = []  # microseconds not yet counted into the window
         self._window_sum_us = 0
         self._run_sum_us = 0
 
     def add(self, milliseconds: float) -> None:
-        microseconds = min(max(int(milliseconds * 1000), _LOWEST_US), _HIGHEST_US)
-        self._window.record_value(microseconds)
-        self._window_sum_us += microseconds
+        pending = self._pending
+        pending.append(int(milliseconds * 1000))
+        if len(pending) >= self._BATCH:
+            self._count_pending()
 
     def close_window(self) -> dict[str, float]:
         """The window's figures; the window is then folded into the run and emptied."""
+        self._count_pending()
         figures = _figures(self._window, self._window_sum_us)
         self._fold()
         return figures
@@ -55,12 +69,45 @@ class Latency:
         self._fold()
         return str(self._run.encode().decode("ascii"))
 
+    def _count_pending(self) -> None:
+        if self._pending:
+            self._window_sum_us += _count_into(self._window, self._pending)
+            self._pending = []
+
     def _fold(self) -> None:
-        if self._window.get_total_count():
-            self._run.add(self._window)
-            self._window.reset()
+        self._count_pending()
+        window = self._window
+        if window.get_total_count():
+            self._run.add(window)
+            _reset(window)
             self._run_sum_us += self._window_sum_us
             self._window_sum_us = 0
+
+
+def _count_into(histogram: HdrHistogram, microseconds: list[int]) -> int:
+    """Records each value (clamped to the histogram's range) as `record_value` would, and
+    returns their sum."""
+    counts = histogram.counts
+    mask = histogram.sub_bucket_mask
+    unit = histogram.unit_magnitude
+    half_magnitude = histogram.sub_bucket_half_count_magnitude
+    half_count = histogram.sub_bucket_half_count
+    clamped = [min(max(value, _LOWEST_US), _HIGHEST_US) for value in microseconds]
+    for value in clamped:
+        bucket = (value | mask).bit_length() - unit - half_magnitude - 1
+        counts[((bucket + 1) << half_magnitude) + (value >> (bucket + unit)) - half_count] += 1
+    histogram.total_count += len(clamped)
+    histogram.min_value = min(histogram.min_value, min(clamped))
+    histogram.max_value = max(histogram.max_value, max(clamped))
+    return sum(clamped)
+
+
+def _reset(histogram: HdrHistogram) -> None:
+    """`histogram.reset()`, which zeroes its 23,552 counts one by one in Python (2 ms)."""
+    ctypes.memset(histogram.counts, 0, ctypes.sizeof(histogram.counts))
+    histogram.total_count = 0
+    histogram.min_value = sys.maxsize
+    histogram.max_value = 0
 
 
 def _figures(histogram: HdrHistogram, sum_us: int) -> dict[str, float]:

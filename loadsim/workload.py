@@ -26,7 +26,7 @@ import asyncpg
 from sqlalchemy import TextClause, exc, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from loadsim.events import EventLog
+from loadsim.events import EventLog, milliseconds
 from loadsim.monitor import PoolMonitor, current_client
 from loadsim.scenario import Arrivals, ClientGroup, Workload
 from loadsim.stats import RunMetrics
@@ -248,25 +248,27 @@ class ClientFleet:
                 waiting = False
                 monitor.waiting_ended(client.id)
                 states[client.id] = ClientState.HOLDING
-                wait_ms = (acquired - asked) * 1000
-                metrics.wait_time.add(wait_ms)
+                metrics.wait_time.add((acquired - asked) * 1000)
                 metrics.checkouts += 1
                 if not client.request:
                     metrics.checkouts_per_client[client.id] += 1
                 conn = monitor.last_checkout.get(client.id)
                 events.emit(
-                    "client.acquired", client=client.id, conn=conn, wait_ms=round(wait_ms, 3)
+                    "client.acquired",
+                    client=client.id,
+                    conn=conn,
+                    wait_ms=milliseconds(acquired - asked),
                 )
                 await use(connection)
                 metrics.query_time.add((time.perf_counter() - acquired) * 1000)
                 invalidated = connection.invalidated
-            held_ms = (time.perf_counter() - acquired) * 1000
-            metrics.use_time.add(held_ms)
+            held = time.perf_counter() - acquired
+            metrics.use_time.add(held * 1000)
             events.emit(
                 "client.released",
                 client=client.id,
                 conn=conn,
-                held_ms=round(held_ms, 3),
+                held_ms=milliseconds(held),
                 **({"invalidated": True} if invalidated else {}),
             )
         except exc.TimeoutError as error:

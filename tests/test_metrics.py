@@ -58,6 +58,26 @@ def test_percentiles_agree_with_hdrhistograms_own() -> None:
         assert figures["max"] == round(reference.get_max_value() / 1000, 3)
 
 
+def test_latency_counts_every_value_where_record_value_would() -> None:
+    """Latency counts values with its own inline arithmetic, in batches: the counts, across
+    every magnitude and past both ends of the range, must be hdrhistogram's own."""
+    rng = random.Random(11)
+    latency, reference = Latency(), HdrHistogram(1, 3_600_000_000, 3)
+    windows = []
+    for batch in (10, Latency._BATCH * 2 + 17, 1):  # below, across and at a batch's size
+        values = [rng.uniform(0, 10 ** rng.randint(-3, 7)) for _ in range(batch)]
+        values += [0.0, -1.0, 0.0004, 0.001, 3_600_000.0, 9e12]  # clamped to 1 µs .. 1 h
+        for value in values:
+            latency.add(value)
+            reference.record_value(min(max(1, int(value * 1000)), 3_600_000_000))
+        windows.append(latency.close_window()["count"])
+    assert windows == [16, Latency._BATCH * 2 + 23, 7]  # each window starts empty
+    run = latency.run_figures()
+    assert run["count"] == reference.get_total_count()
+    assert list(latency._run.counts) == list(reference.counts)
+    assert run["max"] == round(reference.get_max_value() / 1000, 3)
+
+
 def test_utilisation_is_time_weighted() -> None:
     utilisation = Utilisation(capacity=4, started=0.0)
     utilisation.change(+2, 0.0)  # 2 of 4 in use for the first second
