@@ -1,5 +1,6 @@
-"""The event path alone: events per second through loadsim's EventLog (structlog's filtering
-bound logger, rendered by orjson) into a file and into a pipe, on one core; and, for
+"""The event path alone: events per second through loadsim's EventLog (a cut-down structlog
+bound logger, rendered by orjson) into a file and into a pipe, on one core; through the
+writer process a run actually uses (what the run pays, and end to end); and, for
 comparison, the same events with stdlib json and structlog's stock bound logger, as loadsim
 first wrote them. Goal: >= 100,000 events/s.
 
@@ -19,6 +20,7 @@ from typing import IO, Any
 import structlog
 
 from loadsim.events import EventLog, EventSink
+from loadsim.writer import EventWriter
 
 FIELDS: dict[str, Any] = {
     "conn": 3,
@@ -39,6 +41,20 @@ def rate(stream: IO[bytes], count: int) -> float:
         log.emit("pool.checkout", **FIELDS)
     log.flush()
     return count / (time.perf_counter() - started)
+
+
+def writer_rates(stream: IO[bytes], count: int) -> tuple[float, float]:
+    """Through the writer process: events/s as the run pays for them (handing over), and
+    events/s end to end (until the writer has written the last one)."""
+    writer = EventWriter([stream])
+    log = EventLog(writer, run_id="bench", scenario="events")
+    started = time.perf_counter()
+    for _ in range(count):
+        log.emit("pool.checkout", **FIELDS)
+    writer.flush()
+    handed_over = time.perf_counter() - started
+    writer.close()
+    return count / handed_over, count / (time.perf_counter() - started)
 
 
 def stock_rate(stream: IO[bytes], count: int) -> float:
@@ -72,11 +88,15 @@ def main() -> None:
     reader.stdin.close()
     reader.wait()
     with tempfile.TemporaryFile() as file:
+        run_side, end_to_end = writer_rates(file, count)
+    with tempfile.TemporaryFile() as file:
         stock = stock_rate(file, count)
     print(f"{count:,} pool.checkout events")
     print(f"  loadsim EventLog -> memory   {memory:12,.0f} events/s")
     print(f"  loadsim EventLog -> file     {to_file:12,.0f} events/s")
     print(f"  loadsim EventLog -> pipe     {to_pipe:12,.0f} events/s")
+    print(f"  through the writer process -> file: the run hands over {run_side:12,.0f} events/s")
+    print(f"  ... and the writer renders and writes   {end_to_end:12,.0f} events/s end to end")
     print(
         f"  stock structlog + json -> file {stock:10,.0f} events/s "
         f"(loadsim is {to_file / stock:.1f}x faster)"

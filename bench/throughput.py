@@ -2,7 +2,7 @@
 pool and pgbench: same clients, same pool size, same server, one after another in one run, so
 the ratios hold on a noisy machine. Goal: loadsim >= 0.9 x bare SQLAlchemy.
 
-    python bench/throughput.py [--clients 100] [--pool 10] [--seconds 10]
+    python bench/throughput.py [--clients 100] [--pool 10] [--seconds 5] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -11,10 +11,12 @@ import argparse
 import asyncio
 import json
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import asyncpg
@@ -136,47 +138,81 @@ def pgbench(server: EmbeddedPostgres, clients: int, pool: int, seconds: float) -
     return None
 
 
+def uvloop_available() -> bool:
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=100)
     parser.add_argument("--pool", type=int, default=10)
-    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--seconds", type=float, default=5.0, help="each run, each round")
+    parser.add_argument("--rounds", type=int, default=3)
     options = parser.parse_args()
+    clients, pool, seconds = options.clients, options.pool, options.seconds
     with EmbeddedPostgres(max_connections=200) as server:
         url = server.url.render_as_string(hide_password=False)
-        figures: dict[str, float | None] = {}
-        figures["bare SQLAlchemy"] = asyncio.run(
-            bare_sqlalchemy(url, options.clients, options.pool, options.seconds)
-        )
-        figures["loadsim, every event"] = loadsim(
-            url, options.clients, options.pool, options.seconds, None
-        )
-        figures["loadsim, --events 'monitor.*'"] = loadsim(
-            url, options.clients, options.pool, options.seconds, "monitor.*"
-        )
-        try:
-            import uvloop  # noqa: F401
-
-            figures["loadsim, every event, uvloop"] = loadsim(
-                url, options.clients, options.pool, options.seconds, None, loop="uvloop"
+        # The SQLAlchemy runs alternate, round after round, and each loadsim figure is divided
+        # by the bare figure of its own round: on a shared machine the speed drifts by a
+        # factor of 1.5 within minutes, and only ratios taken side by side survive that.
+        runs: dict[str, Callable[[], float]] = {
+            "bare SQLAlchemy": lambda: asyncio.run(bare_sqlalchemy(url, clients, pool, seconds)),
+            "loadsim, every event": lambda: loadsim(url, clients, pool, seconds, None),
+            "loadsim, --events 'monitor.*'": lambda: loadsim(
+                url, clients, pool, seconds, "monitor.*"
+            ),
+        }
+        if uvloop_available():
+            runs["bare SQLAlchemy, uvloop"] = lambda: bare_with_uvloop(url, clients, pool, seconds)
+            runs["loadsim, every event, uvloop"] = lambda: loadsim(
+                url, clients, pool, seconds, None, loop="uvloop"
             )
-        except ImportError:
-            figures["loadsim, every event, uvloop"] = None
-        figures["raw asyncpg pool"] = asyncio.run(
-            raw_asyncpg(
-                asyncpg_arguments(server.url), options.clients, options.pool, options.seconds
-            )
+        figures: dict[str, list[float]] = {name: [] for name in runs}
+        for _ in range(options.rounds):
+            for name, run in runs.items():
+                figures[name].append(run())
+        asyncpg_rate = asyncio.run(
+            raw_asyncpg(asyncpg_arguments(server.url), clients, pool, seconds)
         )
-        figures["pgbench (C, 10 connections, no pool)"] = pgbench(
-            server, options.clients, options.pool, options.seconds
+        pgbench_rate = pgbench(server, clients, pool, seconds)
+    bare = figures["bare SQLAlchemy"]
+    print(
+        f"SELECT 1, {clients} clients, pool of {pool}; {options.rounds} rounds of "
+        f"{seconds:g}s per run; median checkouts/s, and the median of each round's ratio"
+    )
+    for name, rates in figures.items():
+        base = figures["bare SQLAlchemy, uvloop"] if name.endswith("uvloop") else bare
+        ratio = paired_ratio(rates, base)
+        print(f"  {name:<40} {statistics.median(rates):10,.0f}/s  {ratio:5.2f}x")
+    for name, rate in (
+        ("raw asyncpg pool", asyncpg_rate),
+        ("pgbench (C, 10 connections, no pool)", pgbench_rate),
+    ):
+        shown = (
+            "not available"
+            if rate is None
+            else f"{rate:10,.0f}/s  {rate / statistics.median(bare):5.2f}x"
         )
-    base = figures["bare SQLAlchemy"] or 1.0
-    print(f"SELECT 1, {options.clients} clients, pool of {options.pool}, {options.seconds:g}s each")
-    for name, value in figures.items():
-        shown = "not available" if value is None else f"{value:10,.0f}/s  {value / base:5.2f}x"
         print(f"  {name:<40} {shown}")
-    ratio = (figures["loadsim, every event"] or 0) / base
-    print(f"loadsim / bare SQLAlchemy = {ratio:.2f} (goal >= 0.90)")
+    for name in ("loadsim, every event", "loadsim, --events 'monitor.*'"):
+        ratio = paired_ratio(figures[name], bare)
+        print(f"{name} / bare SQLAlchemy = {ratio:.2f} (goal >= 0.90)")
+
+
+def paired_ratio(rates: list[float], references: list[float]) -> float:
+    """The median over rounds of each round's rate divided by its reference."""
+    return statistics.median(rate / base for rate, base in zip(rates, references, strict=True))
+
+
+def bare_with_uvloop(url: str, clients: int, pool: int, seconds: float) -> float:
+    import uvloop
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(bare_sqlalchemy(url, clients, pool, seconds))
 
 
 if __name__ == "__main__":

@@ -14,10 +14,11 @@ from typing import IO, Annotated, NoReturn
 import typer
 
 from loadsim.errors import LoadsimError, ScenarioError
-from loadsim.events import EVENT_NAMES, EventSink, select_events
+from loadsim.events import EVENT_NAMES, select_events
 from loadsim.scenario import ScenarioFile, load_scenarios
 from loadsim.settings import Flags, RunConfig, read_environment, resolve
 from loadsim.summary import format_show, format_summary
+from loadsim.writer import EventWriter
 
 app = typer.Typer(
     name="loadsim",
@@ -222,7 +223,7 @@ def run(
     streams: list[IO[bytes]] = [sys.stdout.buffer]
     if output is not None:
         streams.append(_open_output(output, force))
-    sink = EventSink(streams)
+    sink = EventWriter(streams)
 
     def warn(message: str) -> None:
         if not quiet:
@@ -246,6 +247,7 @@ def run(
                 loop=loop.value,
             ).run()
     finally:
+        sink.close()
         for stream in streams[1:]:
             stream.close()
         if any(stream is sys.stdout.buffer for stream, _ in sink.failed):
@@ -277,10 +279,12 @@ def instance() -> None:
     """One instance of a fleet started by `run --instances` (its orders come on stdin)."""
     from loadsim.instances import run_instance
 
-    sink = EventSink([sys.stdout.buffer])
-    outcome = run_instance(
-        sys.stdin.buffer.read(), sink, lambda message: print(message, file=sys.stderr)
-    )
+    orders = sys.stdin.buffer.read()
+    sink = EventWriter([sys.stdout.buffer])
+    try:
+        outcome = run_instance(orders, sink, lambda message: print(message, file=sys.stderr))
+    finally:
+        sink.close()
     if outcome.interrupted_by is not None:
         raise typer.Exit(143 if outcome.interrupted_by == "SIGTERM" else 130)
 

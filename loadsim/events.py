@@ -10,8 +10,9 @@ from __future__ import annotations
 import datetime as dt
 import fnmatch
 import time
-from collections.abc import Iterable, Mapping, MutableMapping
-from typing import IO, Any, Literal
+from collections.abc import Callable, Iterable, Mapping, MutableMapping
+from dataclasses import dataclass
+from typing import IO, Any, Literal, cast
 
 import orjson
 import structlog
@@ -104,12 +105,19 @@ class EventSink:
 
     info = debug = warning = error = msg
 
+    def writer_for(self, log: EventLog) -> EventHandover:
+        """How `log` hands this sink an event: here, rendered and written at once."""
+        return log.write_now
+
     def flush(self) -> None:
         for stream in tuple(self.streams):
             try:
                 stream.flush()
             except OSError as error:
                 self._drop(stream, error)
+
+    def close(self) -> None:
+        self.flush()
 
     def _drop(self, stream: IO[bytes], error: OSError) -> None:
         self.streams.remove(stream)
@@ -127,10 +135,26 @@ class EventLogger(structlog.BoundLoggerBase):
     """
 
     def write(self, event_dict: dict[str, Any]) -> None:
+        self._logger.msg(self.render(event_dict))
+
+    def render(self, event_dict: dict[str, Any]) -> bytes | str:
         rendered: Any = event_dict
         for processor in self._processors:
             rendered = processor(self._logger, "info", rendered)
-        self._logger.msg(rendered)
+        return cast(bytes | str, rendered)
+
+
+@dataclass(frozen=True)
+class LogIdentity:
+    """What every event of one log carries, and how its lines are rendered: enough for
+    another process to render them exactly as this one would."""
+
+    run_id: str
+    scenario: str
+    instance: int | None
+    log_format: LogFormat
+    colours: bool
+    epoch_started: float  # wall-clock seconds at `t` = 0
 
 
 class EventLog:
@@ -148,6 +172,7 @@ class EventLog:
         started: float | None = None,
         colours: bool = False,
         kinds: frozenset[str] = EVENT_NAMES,
+        epoch_started: float | None = None,
     ) -> None:
         self.sink = sink
         #: The events this log writes: those the level keeps, among the selected kinds.
@@ -155,7 +180,9 @@ class EventLog:
         self.started = time.perf_counter() if started is None else started
         # Wall-clock time is read once; each event's `ts` follows the monotonic clock from
         # there, so `ts` and `t` always agree (orjson renders the datetime itself).
-        self._epoch_started = time.time() - (time.perf_counter() - self.started)
+        if epoch_started is None:
+            epoch_started = time.time() - (time.perf_counter() - self.started)
+        self.identity = LogIdentity(run_id, scenario, instance, log_format, colours, epoch_started)
         renderer: Any = (
             ConsoleLines(colours=colours)
             if log_format == "console"
@@ -165,37 +192,60 @@ class EventLog:
             sink, wrapper_class=EventLogger, processors=[renderer], context_class=dict
         ).bind(run_id=run_id, scenario=scenario, instance=instance)
         self._context = dict(self._logger._context)
+        self._hand_over = sink.writer_for(self)
+
+    @classmethod
+    def replica(cls, sink: EventSink, identity: LogIdentity) -> EventLog:
+        """A log that renders another process's events as that process would have."""
+        return cls(
+            sink,
+            run_id=identity.run_id,
+            scenario=identity.scenario,
+            instance=identity.instance,
+            log_format=identity.log_format,
+            colours=identity.colours,
+            epoch_started=identity.epoch_started,
+        )
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.started
 
     def emit(self, event: str, **fields: Any) -> None:
         if event in self.wanted:
-            self._write(event, fields)
+            self._hand_over(time.perf_counter() - self.started, event, fields)
         elif event not in EVENT_NAMES:
             raise ValueError(f"unknown event name {event!r}")  # a bug, not a user error
 
     def emit_fields(self, event: str, fields: Mapping[str, Any]) -> None:
         """`emit`, for a caller that already holds the fields in a dict."""
         if event in self.wanted:
-            self._write(event, fields)
+            self._hand_over(time.perf_counter() - self.started, event, fields)
         elif event not in EVENT_NAMES:
             raise ValueError(f"unknown event name {event!r}")
 
-    def _write(self, event: str, fields: Mapping[str, Any]) -> None:
-        elapsed = time.perf_counter() - self.started
-        self._logger.write(
-            {
-                "ts": _from_timestamp(self._epoch_started + elapsed, dt.UTC),
-                "t": int(elapsed * 1_000_000) / 1_000_000,
-                "event": event,
-                **self._context,  # run_id, scenario, instance
-                **fields,
-            }
-        )
+    def write_now(self, elapsed: float, event: str, fields: Mapping[str, Any]) -> None:
+        """Renders an event that happened `elapsed` seconds into the log and writes it."""
+        self._logger.write(self.event_dict(elapsed, event, fields))
+
+    def render(self, elapsed: float, event: str, fields: Mapping[str, Any]) -> bytes | str:
+        """The event's line, newline included, without writing it."""
+        return self._logger.render(self.event_dict(elapsed, event, fields))
+
+    def event_dict(self, elapsed: float, event: str, fields: Mapping[str, Any]) -> dict[str, Any]:
+        return {
+            "ts": _from_timestamp(self.identity.epoch_started + elapsed, dt.UTC),
+            "t": int(elapsed * 1_000_000) / 1_000_000,
+            "event": event,
+            **self._context,  # run_id, scenario, instance
+            **fields,
+        }
 
     def flush(self) -> None:
         self.sink.flush()
+
+
+#: How a log hands its sink an event: (seconds since the log started, name, fields).
+EventHandover = Callable[[float, str, Mapping[str, Any]], None]
 
 
 def milliseconds(seconds: float) -> float:

@@ -109,7 +109,7 @@ class Fleet:
         if self._signals > 1:
             if self._server is not None:
                 self._server.stop(mode="immediate")
-            self.sink.flush()
+            self.sink.close()  # everything sent is written before we go
             os._exit(128 + signum)
 
     async def _run_scenario(self, config: RunConfig, url: URL) -> None:

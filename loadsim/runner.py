@@ -119,7 +119,7 @@ class Runner:
             # A second signal: no more patience. Leave no server behind, then go.
             if self._server is not None:
                 self._server.stop(mode="immediate")
-            self.sink.flush()
+            self.sink.close()  # everything sent is written before we go
             os._exit(128 + signum)
         self.outcome.interrupted_by = signal.Signals(signum).name
         self._request_stop()

@@ -80,6 +80,20 @@ def parse_events(stdout: str) -> list[dict[str, Any]]:
     return events
 
 
+def first_line(process: subprocess.Popen[str]) -> str:
+    """The first line of a running process's stdout, read without reading past it, so that
+    `communicate()` later returns everything after it (a buffered `readline()` may take
+    more of the stream than one line, and `communicate()` would never see that part)."""
+    assert process.stdout is not None
+    line = b""
+    while not line.endswith(b"\n"):
+        byte = os.read(process.stdout.fileno(), 1)
+        if not byte:
+            break
+        line += byte
+    return line.decode()
+
+
 def embedded_server_processes() -> list[str]:
     """Command lines of every embedded PostgreSQL process loadsim started on this machine."""
     listing = subprocess.run(["ps", "-ww", "-eo", "args"], capture_output=True, text=True).stdout

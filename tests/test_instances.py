@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from loadsim.database import EmbeddedPostgres
-from tests.conftest import RunLoadsim, clean_environment, parse_events, write_scenarios
+from tests.conftest import RunLoadsim, clean_environment, first_line, parse_events, write_scenarios
 from tests.test_run import by_name, sessions_left
 
 
@@ -88,7 +88,7 @@ def test_ctrl_c_stops_every_instance(database_url: str, tmp_path: Path) -> None:
         cwd=tmp_path,
     )
     assert process.stdout is not None
-    first = process.stdout.readline()
+    first = first_line(process)
     assert json.loads(first)["event"] == "run.start"
     time.sleep(2)
     process.send_signal(signal.SIGINT)

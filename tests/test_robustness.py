@@ -21,6 +21,7 @@ from tests.conftest import (
     assert_server_gone,
     clean_environment,
     embedded_server_processes,
+    first_line,
     parse_events,
     server_directories_of,
     write_scenarios,
@@ -46,7 +47,7 @@ def start(*arguments: str, cwd: Path, **options: Any) -> subprocess.Popen[str]:
 def wait_for_start(process: subprocess.Popen[str]) -> str:
     """Reads up to the first event, run.start: by then the server is up and clients go."""
     assert process.stdout is not None
-    first = process.stdout.readline()
+    first = first_line(process)
     assert json.loads(first)["event"] == "run.start", first
     return first
 

@@ -23,6 +23,7 @@ from tests.conftest import (
     assert_server_gone,
     clean_environment,
     embedded_server_processes,
+    first_line,
     parse_events,
     server_directories_of,
     write_scenarios,
@@ -306,7 +307,7 @@ def test_embedded_server_is_started_and_stopped(tmp_path: Path) -> None:
         cwd=tmp_path,
     )
     assert process.stdout is not None
-    first = process.stdout.readline()
+    first = first_line(process)
     (directory,) = server_directories_of(process.pid)
     assert any(str(directory) in line for line in embedded_server_processes())
     rest, stderr = process.communicate(timeout=120)
@@ -338,7 +339,7 @@ def test_ctrl_c_ends_the_run_cleanly(tmp_path: Path) -> None:
         cwd=tmp_path,
     )
     assert process.stdout is not None
-    first = process.stdout.readline()  # run.start: the server is up and clients are starting
+    first = first_line(process)  # run.start: the server is up and clients are starting
     assert json.loads(first)["event"] == "run.start"
     (directory,) = server_directories_of(process.pid)
     time.sleep(1)
