@@ -1,8 +1,10 @@
 """The event stream: its schema (a closed set of names) and the only code that writes it.
 
 Every event is one flat JSON object on one line, rendered by structlog with orjson. Lines go
-to stdout and, with `--output`, to a file as well; writes are buffered and flushed by the
-runner once a second and at the end, so a line is never left half-written by a clean stop.
+to stdout and, with `--output`, to a file as well. A run hands its events to the writer
+process (`writer.py`), which renders them exactly as `EventLog.write_now` does here; the
+runner sends what has gathered once a second and at the end, and only whole lines are ever
+written.
 """
 
 from __future__ import annotations

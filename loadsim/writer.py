@@ -90,6 +90,8 @@ class EventWriter(EventSink):
 
     def close(self, timeout: float = 10.0) -> None:
         """Sends the rest and waits for the writer to have written everything."""
+        if self._pipe.closed:
+            return
         self._send()
         with contextlib.suppress(OSError):
             self._pipe.close()
