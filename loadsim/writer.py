@@ -11,8 +11,8 @@ are read when its batch is sent (within a second): callers pass values they do n
 The writer inherits the run's stdout and `--output` file. It runs in a session of its own
 and ignores SIGINT and SIGTERM, so a Ctrl-C is the run's alone to handle: the writer stops
 when the run closes the pipe, after writing everything it was sent, so the stream ends on a
-whole line even when the run is killed. A stream that fails (a reader gone, a full disk) is reported back on a status pipe
-and dropped; the others go on.
+whole line even when the run is killed. A stream that fails (a reader gone, a full disk) is
+reported back on a status pipe and dropped; the others go on.
 
     python -m loadsim.writer STATUS_FD STREAM_FD...   (started by EventWriter, not by people)
 """
@@ -20,6 +20,7 @@ and dropped; the others go on.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import marshal
 import os
 import signal
@@ -60,6 +61,8 @@ class EventWriter(EventSink):
         self._status = status_read
         assert self._process.stdin is not None
         self._pipe: IO[bytes] = self._process.stdin
+        with contextlib.suppress(AttributeError, OSError):  # Linux: room for bursts
+            fcntl.fcntl(self._pipe.fileno(), fcntl.F_SETPIPE_SZ, 1 << 20)
         self._items: list[tuple[Any, ...]] = []
         self._logs: dict[int, EventLog] = {}
 
@@ -104,7 +107,7 @@ class EventWriter(EventSink):
         os.close(self._status)
 
     def _send(self) -> None:
-        if not self._items or not self.streams:
+        if not self._items or not self.streams or self._pipe.closed:
             self._items.clear()
             return
         try:
@@ -184,6 +187,9 @@ def serve(source: IO[bytes], sink: EventSink) -> None:
 
 
 def main(arguments: list[str]) -> None:
+    # Yield the CPU to the run and to the server: the pipe holds what is not yet written,
+    # and the writer catches up whenever a core is idle.
+    os.nice(10)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     status, *fds = (int(argument) for argument in arguments)

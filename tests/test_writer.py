@@ -75,6 +75,9 @@ def test_batches_larger_than_one_send_arrive_whole_and_in_order(tmp_path: Path) 
             if index == BATCH_EVENTS // 2:
                 writer.msg(b'{"event":"relayed"}\n')  # a finished line, as a fleet relays
         writer.close()
+        for index in range(BATCH_EVENTS * 2):  # the stream has ended: nothing more is written
+            log.emit("client.waiting", client=index)
+        writer.close()
     lines = [json.loads(line) for line in path.read_text().splitlines()]
     clients = [line["client"] for line in lines if line["event"] == "client.waiting"]
     assert clients == list(range(count))
