@@ -1,6 +1,7 @@
 """Throughput: loadsim with full instrumentation against a bare SQLAlchemy loop, raw asyncpg's
-pool and pgbench: same clients, same pool size, same server, one after another in one run, so
-the ratios hold on a noisy machine. Goal: loadsim >= 0.9 x bare SQLAlchemy.
+pool and pgbench: same clients, same pool size, same server. The SQLAlchemy runs alternate over
+several rounds and each ratio is the median of the rounds' own ratios, so that it holds on a
+noisy machine. Goal: loadsim >= 0.9 x bare SQLAlchemy.
 
     python bench/throughput.py [--clients 100] [--pool 10] [--seconds 5] [--rounds 3]
 """

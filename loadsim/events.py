@@ -1,4 +1,4 @@
-"""The event stream: its schema (a closed set of names) and the only code that writes it.
+"""The event stream: its schema (a closed set of names) and how each event is rendered.
 
 Every event is one flat JSON object on one line, rendered by structlog with orjson. Lines go
 to stdout and, with `--output`, to a file as well. A run hands its events to the writer
@@ -213,17 +213,15 @@ class EventLog:
         return time.perf_counter() - self.started
 
     def emit(self, event: str, **fields: Any) -> None:
+        self.emit_fields(event, fields)
+
+    def emit_fields(self, event: str, fields: Mapping[str, Any]) -> None:
+        """`emit`, for a caller that already holds the fields in a dict (which it must not
+        change afterwards: the writer process reads it when the batch is sent)."""
         if event in self.wanted:
             self._hand_over(time.perf_counter() - self.started, event, fields)
         elif event not in EVENT_NAMES:
             raise ValueError(f"unknown event name {event!r}")  # a bug, not a user error
-
-    def emit_fields(self, event: str, fields: Mapping[str, Any]) -> None:
-        """`emit`, for a caller that already holds the fields in a dict."""
-        if event in self.wanted:
-            self._hand_over(time.perf_counter() - self.started, event, fields)
-        elif event not in EVENT_NAMES:
-            raise ValueError(f"unknown event name {event!r}")
 
     def write_now(self, elapsed: float, event: str, fields: Mapping[str, Any]) -> None:
         """Renders an event that happened `elapsed` seconds into the log and writes it."""
