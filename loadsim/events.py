@@ -98,7 +98,7 @@ class EventSink:
 
     def msg(self, line: bytes | str) -> None:
         """Writes one whole line, newline included."""
-        data = line.encode() if isinstance(line, str) else line
+        data = as_bytes(line)
         for stream in tuple(self.streams):
             try:
                 stream.write(data)
@@ -246,6 +246,11 @@ class EventLog:
 
 #: How a log hands its sink an event: (seconds since the log started, name, fields).
 EventHandover = Callable[[float, str, Mapping[str, Any]], None]
+
+
+def as_bytes(line: bytes | str) -> bytes:
+    """A rendered line as bytes (the console renderer gives text)."""
+    return line.encode() if isinstance(line, str) else line
 
 
 def milliseconds(seconds: float) -> float:

@@ -30,7 +30,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import astuple
 from typing import IO, Any
 
-from loadsim.events import EventHandover, EventLog, EventSink, LogIdentity
+from loadsim.events import EventHandover, EventLog, EventSink, LogIdentity, as_bytes
 
 #: Items are tuples whose first element says what they are: a log's key (>= 0) for one of
 #: its events, or one of these.
@@ -80,7 +80,7 @@ class EventWriter(EventSink):
         return hand_over
 
     def msg(self, line: bytes | str) -> None:
-        self._items.append((_LINE, _as_bytes(line)))
+        self._items.append((_LINE, as_bytes(line)))
         if len(self._items) >= BATCH_EVENTS:
             self._send()
 
@@ -128,7 +128,7 @@ class EventWriter(EventSink):
             marshal.dumps(item)
         except ValueError:
             key, elapsed, event, fields = item
-            return (_LINE, _as_bytes(self._logs[key].render(elapsed, event, fields)))
+            return (_LINE, as_bytes(self._logs[key].render(elapsed, event, fields)))
         return item
 
     def _read_status(self) -> None:
@@ -142,10 +142,6 @@ class EventWriter(EventSink):
             stream = self._fds.get(int(fd))
             if stream is not None and stream in self.streams:
                 self._drop(stream, OSError(int(errno), message))
-
-
-def _as_bytes(line: bytes | str) -> bytes:
-    return line.encode() if isinstance(line, str) else line
 
 
 class _ReportingSink(EventSink):
