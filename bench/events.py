@@ -19,8 +19,8 @@ from typing import IO, Any
 
 import structlog
 
-from loadsim.events import EventLog, EventSink
-from loadsim.writer import EventWriter
+from loadsim.run.events import EventLog, EventSink
+from loadsim.run.writer import EventWriter
 
 FIELDS: dict[str, Any] = {
     "conn": 3,

@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from loadsim.database import EmbeddedPostgres
+from loadsim.run.database import EmbeddedPostgres
 
 
 def run(url: str, clients: int, seconds: float, directory: Path) -> tuple[dict[str, Any], int]:

@@ -25,7 +25,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import AsyncAdaptedQueuePool
 
-from loadsim.database import EmbeddedPostgres, asyncpg_arguments
+from loadsim.run.database import EmbeddedPostgres, asyncpg_arguments
 
 
 async def bare_sqlalchemy(url: str, clients: int, pool: int, seconds: float) -> float:

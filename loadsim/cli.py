@@ -13,12 +13,12 @@ from typing import IO, Annotated, NoReturn
 
 import typer
 
+from loadsim.config.scenario import ScenarioFile, load_scenarios
+from loadsim.config.selection import select_events
+from loadsim.config.settings import Flags, RunConfig, read_environment, resolve
+from loadsim.config.show import format_show
 from loadsim.errors import LoadsimError, ScenarioError
-from loadsim.events import EVENT_NAMES, select_events
-from loadsim.scenario import ScenarioFile, load_scenarios
-from loadsim.settings import Flags, RunConfig, read_environment, resolve
-from loadsim.summary import format_show, format_summary
-from loadsim.writer import EventWriter
+from loadsim.schema import EVENT_NAMES
 
 app = typer.Typer(
     name="loadsim",
@@ -196,9 +196,13 @@ def run(
     ] = False,
 ) -> None:
     """Run scenarios and stream their events as JSON lines on stdout."""
-    from loadsim.dashboard import Dashboard  # heavy imports only for the command that needs them
-    from loadsim.instances import Fleet
-    from loadsim.runner import Runner
+    from loadsim.run.dashboard import (
+        Dashboard,  # heavy imports only for the command that needs them
+    )
+    from loadsim.run.fleet import Fleet
+    from loadsim.run.runner import Runner
+    from loadsim.run.summary_table import format_summary
+    from loadsim.run.writer import EventWriter
 
     flags = Flags(
         database_url=database_url,
@@ -277,7 +281,8 @@ def run(
 @app.command("_instance", hidden=True)
 def instance() -> None:
     """One instance of a fleet started by `run --instances` (its orders come on stdin)."""
-    from loadsim.instances import run_instance
+    from loadsim.run.fleet import run_instance
+    from loadsim.run.writer import EventWriter
 
     orders = sys.stdin.buffer.read()
     sink = EventWriter([sys.stdout.buffer])

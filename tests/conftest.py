@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from loadsim.database import EmbeddedPostgres
-from loadsim.settings import ENVIRONMENT_VARIABLES
+from loadsim.config.settings import ENVIRONMENT_VARIABLES
+from loadsim.run.database import EmbeddedPostgres
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 

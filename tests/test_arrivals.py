@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
+from loadsim.config.scenario import Arrivals, Stage, parse_scenarios
 from loadsim.errors import ScenarioError
-from loadsim.scenario import Arrivals, Stage, parse_scenarios
 from tests.conftest import RunLoadsim, write_scenarios
 from tests.test_run import run_events
 

@@ -10,9 +10,9 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from loadsim.config.scenario import POOL_KEYS, WORKLOAD_KEYS, parse_scenarios
+from loadsim.config.settings import Flags, resolve
 from loadsim.errors import ScenarioError
-from loadsim.scenario import POOL_KEYS, WORKLOAD_KEYS, parse_scenarios
-from loadsim.settings import Flags, resolve
 
 _KEYS = [
     *POOL_KEYS,

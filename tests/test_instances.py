@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from loadsim.database import EmbeddedPostgres
+from loadsim.run.database import EmbeddedPostgres
 from tests.conftest import RunLoadsim, clean_environment, first_line, parse_events, write_scenarios
 from tests.test_run import by_name, sessions_left
 

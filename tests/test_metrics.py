@@ -17,10 +17,10 @@ import pytest
 from hdrh.histogram import HdrHistogram
 from rich.console import Console
 
-from loadsim.dashboard import DashboardSnapshot, render
-from loadsim.events import ConsoleLines
-from loadsim.stats import Latency, Utilisation, fairness
-from loadsim.thresholds import metric_value, parse_threshold
+from loadsim.config.thresholds import metric_value, parse_threshold
+from loadsim.run.dashboard import DashboardSnapshot, render
+from loadsim.run.events import ConsoleLines
+from loadsim.run.metrics import Latency, Utilisation, fairness
 from tests.conftest import RunLoadsim, clean_environment, parse_events, write_scenarios
 from tests.test_run import by_name, run_events
 

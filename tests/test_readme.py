@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from loadsim.scenario import load_scenarios, parse_scenarios
-from loadsim.settings import ENVIRONMENT_VARIABLES
+from loadsim.config.scenario import load_scenarios, parse_scenarios
+from loadsim.config.settings import ENVIRONMENT_VARIABLES
 from tests.conftest import REPOSITORY
 
 README = (REPOSITORY / "README.md").read_text(encoding="utf-8")

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from sqlalchemy.engine import make_url
 
-from loadsim.database import EmbeddedPostgres
+from loadsim.run.database import EmbeddedPostgres
 from tests.conftest import (
     RunLoadsim,
     assert_server_gone,

@@ -17,7 +17,7 @@ import asyncpg
 import pytest
 from sqlalchemy.engine import make_url
 
-from loadsim.database import asyncpg_arguments
+from loadsim.run.database import asyncpg_arguments
 from tests.conftest import (
     RunLoadsim,
     assert_server_gone,

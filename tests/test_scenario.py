@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from loadsim.errors import ScenarioError
-from loadsim.scenario import (
+from loadsim.config.scenario import (
     POOL_KEYS,
     Distribution,
     PoolConfig,
@@ -21,6 +20,7 @@ from loadsim.scenario import (
     parse_duration,
     parse_scenarios,
 )
+from loadsim.errors import ScenarioError
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 X_TOML = Path("x.toml")

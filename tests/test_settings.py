@@ -6,9 +6,15 @@ from pathlib import Path
 
 import pytest
 
+from loadsim.config.scenario import PoolConfig, ScenarioFile, parse_scenarios
+from loadsim.config.settings import (
+    ENVIRONMENT_VARIABLES,
+    Flags,
+    RunConfig,
+    read_environment,
+    resolve,
+)
 from loadsim.errors import ScenarioError
-from loadsim.scenario import PoolConfig, ScenarioFile, parse_scenarios
-from loadsim.settings import ENVIRONMENT_VARIABLES, Flags, RunConfig, read_environment, resolve
 
 SCENARIOS_TOML = """
 [presets.small]

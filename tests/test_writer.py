@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from loadsim.events import EventLog, EventSink
-from loadsim.writer import BATCH_EVENTS, EventWriter
+from loadsim.run.events import EventLog, EventSink
+from loadsim.run.writer import BATCH_EVENTS, EventWriter
 
 EPOCH = 1_790_000_000.0  # a fixed wall clock, so that both sides stamp the same `ts`
 
@@ -114,8 +114,8 @@ def test_the_writer_outlives_ctrl_c_and_a_killed_run_leaves_whole_lines(tmp_path
     path = tmp_path / "killed.out"
     script = f"""
 import os, signal, sys, time
-from loadsim.events import EventLog
-from loadsim.writer import EventWriter
+from loadsim.run.events import EventLog
+from loadsim.run.writer import EventWriter
 file = open({str(path)!r}, "wb")
 writer = EventWriter([file])
 signal.signal(signal.SIGINT, signal.SIG_IGN)  # this process lives on to be killed

@@ -22,10 +22,10 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import ConnectionPoolEntry, Pool, QueuePool
 
-from loadsim.database import ServerObserver
-from loadsim.events import EventLog, milliseconds
-from loadsim.scenario import MonitorSettings
-from loadsim.stats import RunMetrics
+from loadsim.config.scenario import MonitorSettings
+from loadsim.run.database import ServerObserver
+from loadsim.run.events import EventLog, milliseconds
+from loadsim.run.metrics import RunMetrics
 
 #: The client (an integer id) on whose behalf the current task uses the pool.
 current_client: contextvars.ContextVar[int | None] = contextvars.ContextVar(

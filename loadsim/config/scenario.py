@@ -19,8 +19,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal
 
+from loadsim.config.thresholds import Threshold, parse_threshold
 from loadsim.errors import ScenarioError
-from loadsim.thresholds import Threshold, parse_threshold
 
 # --------------------------------------------------------------------------- durations
 

@@ -26,10 +26,10 @@ import asyncpg
 from sqlalchemy import TextClause, exc, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from loadsim.events import EventLog, milliseconds
-from loadsim.monitor import PoolMonitor, current_client
-from loadsim.scenario import Arrivals, ClientGroup, Workload
-from loadsim.stats import RunMetrics
+from loadsim.config.scenario import Arrivals, ClientGroup, Workload
+from loadsim.run.events import EventLog, milliseconds
+from loadsim.run.metrics import RunMetrics
+from loadsim.run.monitor import PoolMonitor, current_client
 
 _SLEEP = text("SELECT pg_sleep(:hold)")
 _OPEN_TRANSACTION = text("SELECT 1")

@@ -13,9 +13,7 @@ from typing import Any
 
 from dotenv import dotenv_values
 
-from loadsim.errors import ScenarioError
-from loadsim.events import LEVELS as LOG_LEVELS
-from loadsim.scenario import (
+from loadsim.config.scenario import (
     INSTANCES,
     POOL_KEYS,
     WORKLOAD_KEYS,
@@ -29,7 +27,9 @@ from loadsim.scenario import (
     Workload,
     check_workload,
 )
-from loadsim.thresholds import Threshold, parse_threshold
+from loadsim.config.thresholds import Threshold, parse_threshold
+from loadsim.errors import ScenarioError
+from loadsim.schema import LEVELS as LOG_LEVELS
 
 #: Environment variable → pool setting it controls.
 POOL_ENVIRONMENT = MappingProxyType(

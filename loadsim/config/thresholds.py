@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from loadsim.stats import ADDITIVE_FIGURES, LATENCY_NAMES, LATENCY_STATS
+from loadsim.schema import ADDITIVE_FIGURES, LATENCY_NAMES, LATENCY_STATS
 
 _LATENCIES = LATENCY_NAMES
 _COUNTS = (*ADDITIVE_FIGURES, "utilisation_mean", "utilisation_max", "reuse_ratio")

@@ -26,18 +26,19 @@ import sqlalchemy
 from sqlalchemy.engine import URL
 
 from loadsim import __version__
-from loadsim.dashboard import REFRESH_PER_SECOND, Dashboard, DashboardSnapshot
-from loadsim.database import EmbeddedPostgres, ServerInfo, ServerObserver, server_info
-from loadsim.engine import application_name, create_engine, mask_url, parse_database_url
+from loadsim.config.scenario import ClientGroup
+from loadsim.config.settings import RunConfig
+from loadsim.config.thresholds import evaluate
 from loadsim.errors import ScenarioError
-from loadsim.events import EVENT_NAMES, SCHEMA_VERSION, EventLog, EventSink, LogFormat
-from loadsim.faults import FaultInjector, check_supported
-from loadsim.monitor import PoolMonitor, Watcher
-from loadsim.scenario import ClientGroup
-from loadsim.settings import RunConfig
-from loadsim.stats import RunMetrics
-from loadsim.thresholds import evaluate
-from loadsim.workload import ClientFleet, ClientState, plan_clients
+from loadsim.run.dashboard import REFRESH_PER_SECOND, Dashboard, DashboardSnapshot
+from loadsim.run.database import EmbeddedPostgres, ServerInfo, ServerObserver, server_info
+from loadsim.run.engine import application_name, create_engine, mask_url, parse_database_url
+from loadsim.run.events import EventLog, EventSink, LogFormat
+from loadsim.run.faults import FaultInjector, check_supported
+from loadsim.run.metrics import RunMetrics
+from loadsim.run.monitor import PoolMonitor, Watcher
+from loadsim.run.workload import ClientFleet, ClientState, plan_clients
+from loadsim.schema import EVENT_NAMES, SCHEMA_VERSION
 
 #: How long clients still holding a connection get to finish once a run is due to stop.
 STOP_GRACE_S = 5.0

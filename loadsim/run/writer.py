@@ -14,7 +14,7 @@ when the run closes the pipe, after writing everything it was sent, so the strea
 whole line even when the run is killed. A stream that fails (a reader gone, a full disk) is
 reported back on a status pipe and dropped; the others go on.
 
-    python -m loadsim.writer STATUS_FD STREAM_FD...   (started by EventWriter, not by people)
+    python -m loadsim.run.writer STATUS_FD STREAM_FD...   (started by EventWriter, not by people)
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import astuple
 from typing import IO, Any
 
-from loadsim.events import EventHandover, EventLog, EventSink, LogIdentity, as_bytes
+from loadsim.run.events import EventHandover, EventLog, EventSink, LogIdentity, as_bytes
 
 #: Items are tuples whose first element says what they are: a log's key (>= 0) for one of
 #: its events, or one of these.
@@ -51,7 +51,7 @@ class EventWriter(EventSink):
         self._fds = {stream.fileno(): stream for stream in streams}
         status_read, status_write = os.pipe()
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "loadsim.writer", str(status_write), *map(str, self._fds)],
+            [sys.executable, "-m", "loadsim.run.writer", str(status_write), *map(str, self._fds)],
             stdin=subprocess.PIPE,
             pass_fds=(status_write, *self._fds),
             start_new_session=True,  # a Ctrl-C at the terminal is the run's to handle

@@ -25,20 +25,21 @@ from typing import Any
 
 from sqlalchemy.engine import URL
 
-from loadsim.database import EmbeddedPostgres, ServerObserver, server_info
-from loadsim.engine import mask_url
+from loadsim.config.settings import RunConfig
+from loadsim.config.thresholds import evaluate
 from loadsim.errors import DatabaseUnavailable, LoadsimError
-from loadsim.events import EVENT_NAMES, EventLog, EventSink, LogFormat
-from loadsim.runner import (
+from loadsim.run.database import EmbeddedPostgres, ServerObserver, server_info
+from loadsim.run.engine import mask_url
+from loadsim.run.events import EventLog, EventSink, LogFormat
+from loadsim.run.histogram import merged_figures
+from loadsim.run.runner import (
     RunOutcome,
     capacity_warning,
     new_run_id,
     scenario_url,
     start_server_if_needed,
 )
-from loadsim.settings import RunConfig
-from loadsim.stats import ADDITIVE_FIGURES, LATENCY_NAMES, merged_figures
-from loadsim.thresholds import evaluate
+from loadsim.schema import ADDITIVE_FIGURES, EVENT_NAMES, LATENCY_NAMES
 
 INSTANCE_COMMAND = "_instance"
 #: Exit codes of an instance that was stopped by a signal, not one that failed.
@@ -275,7 +276,7 @@ def aggregate(summaries: list[dict[str, Any]]) -> dict[str, Any]:
 
 def run_instance(payload: bytes, sink: EventSink, warn: Callable[[str], None]) -> RunOutcome:
     """The instance side: run one scenario as instance K of a fleet."""
-    from loadsim.runner import Runner
+    from loadsim.run.runner import Runner
 
     orders: InstanceOrders = pickle.loads(payload)
     return Runner(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 import sys
 from typing import Any
 
@@ -12,8 +11,9 @@ from sqlalchemy.exc import ArgumentError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import AsyncAdaptedQueuePool, NullPool
 
+from loadsim.config.scenario import PoolConfig
+from loadsim.config.urls import mask_url_text
 from loadsim.errors import ScenarioError
-from loadsim.scenario import PoolConfig
 
 _RESET_ON_RETURN: dict[str, str | None] = {"rollback": "rollback", "commit": "commit", "none": None}
 _ACCEPTED_SCHEMES = ("postgresql", "postgres", "postgresql+asyncpg")
@@ -44,23 +44,6 @@ def parse_database_url(raw: str) -> URL:
 
 def mask_url(url: URL) -> str:
     return mask_url_text(url.render_as_string(hide_password=True))
-
-
-_QUERY_PASSWORD = re.compile(r"(?i)([?&]password=)[^&#]*")
-
-
-def mask_url_text(raw: str) -> str:
-    """Masks the password of a URL, even one that does not parse: in the user:password@
-    part and in a `password=` query parameter."""
-    text = _QUERY_PASSWORD.sub(r"\1***", raw)
-    scheme, separator, rest = text.partition("://")
-    if not separator:
-        scheme, rest = "", text
-    base, question, query = rest.partition("?")
-    credentials, at, host = base.rpartition("@")
-    if at and ":" in credentials:
-        base = f"{credentials.split(':', 1)[0]}:***@{host}"
-    return f"{scheme}{separator}{base}{question}{query}"
 
 
 def create_engine(

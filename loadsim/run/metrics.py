@@ -8,24 +8,12 @@ wait_time), use_time (.use_time), create_time (.create_time).
 
 from __future__ import annotations
 
-import ctypes
 import math
-import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from hdrh.histogram import HdrHistogram
-
-PERCENTILES = (50.0, 90.0, 95.0, 99.0, 99.9)
-_LOWEST_US, _HIGHEST_US, _DIGITS = 1, 3_600_000_000, 3
-
-
-def _percentile_key(percentile: float) -> str:
-    return "p" + f"{percentile:g}".replace(".", "_")
-
-
-PERCENTILE_KEYS = tuple(_percentile_key(percentile) for percentile in PERCENTILES)
-LATENCY_STATS = ("count", "mean", *PERCENTILE_KEYS, "max")
+from loadsim.run.histogram import count_into, encode, figures, new_histogram, reset
+from loadsim.schema import LATENCY_NAMES
 
 
 class Latency:
@@ -34,15 +22,15 @@ class Latency:
     `add` is on every checkout's path, so it only appends to a list; the values are counted
     into the window's histogram in one tight loop when figures are wanted (each
     `monitor.stats`), or every `_BATCH` values. hdrhistogram's own `record_value` costs
-    about 1.5 µs a value in Python, five function calls deep; `_count_into` does the same
+    about 1.5 µs a value in Python, five function calls deep; `histogram.count_into` does the same
     arithmetic inline (a test checks that the counts agree).
     """
 
     _BATCH = 4096
 
     def __init__(self) -> None:
-        self._window = HdrHistogram(_LOWEST_US, _HIGHEST_US, _DIGITS)
-        self._run = HdrHistogram(_LOWEST_US, _HIGHEST_US, _DIGITS)
+        self._window = new_histogram()
+        self._run = new_histogram()
         self._pending: list[int] = []  # microseconds not yet counted into the window
         self._window_sum_us = 0
         self._run_sum_us = 0
@@ -56,22 +44,22 @@ class Latency:
     def close_window(self) -> dict[str, float]:
         """The window's figures; the window is then folded into the run and emptied."""
         self._count_pending()
-        figures = _figures(self._window, self._window_sum_us)
+        window = figures(self._window, self._window_sum_us)
         self._fold()
-        return figures
+        return window
 
     def run_figures(self) -> dict[str, float]:
         self._fold()
-        return _figures(self._run, self._run_sum_us)
+        return figures(self._run, self._run_sum_us)
 
     def encoded(self) -> str:
         """The run's histogram, compressed and base64-encoded, for merging elsewhere."""
         self._fold()
-        return str(self._run.encode().decode("ascii"))
+        return encode(self._run)
 
     def _count_pending(self) -> None:
         if self._pending:
-            self._window_sum_us += _count_into(self._window, self._pending)
+            self._window_sum_us += count_into(self._window, self._pending)
             self._pending = []
 
     def _fold(self) -> None:
@@ -79,67 +67,9 @@ class Latency:
         window = self._window
         if window.get_total_count():
             self._run.add(window)
-            _reset(window)
+            reset(window)
             self._run_sum_us += self._window_sum_us
             self._window_sum_us = 0
-
-
-def _count_into(histogram: HdrHistogram, microseconds: list[int]) -> int:
-    """Records each value (clamped to the histogram's range) as `record_value` would, and
-    returns their sum."""
-    counts = histogram.counts
-    mask = histogram.sub_bucket_mask
-    unit = histogram.unit_magnitude
-    half_magnitude = histogram.sub_bucket_half_count_magnitude
-    half_count = histogram.sub_bucket_half_count
-    clamped = [min(max(value, _LOWEST_US), _HIGHEST_US) for value in microseconds]
-    for value in clamped:
-        bucket = (value | mask).bit_length() - unit - half_magnitude - 1
-        counts[((bucket + 1) << half_magnitude) + (value >> (bucket + unit)) - half_count] += 1
-    histogram.total_count += len(clamped)
-    histogram.min_value = min(histogram.min_value, min(clamped))
-    histogram.max_value = max(histogram.max_value, max(clamped))
-    return sum(clamped)
-
-
-def _reset(histogram: HdrHistogram) -> None:
-    """`histogram.reset()`, which zeroes its 23,552 counts one by one in Python (2 ms)."""
-    ctypes.memset(histogram.counts, 0, ctypes.sizeof(histogram.counts))
-    histogram.total_count = 0
-    histogram.min_value = sys.maxsize
-    histogram.max_value = 0
-
-
-def _figures(histogram: HdrHistogram, sum_us: int) -> dict[str, float]:
-    """count, mean, percentiles and max in one pass over the histogram's recorded range.
-
-    hdrhistogram's own percentile iterators step through every sub-bucket in Python; at one
-    call per metric per second they cost more than the load they measure. This walks the
-    counts between the smallest and largest recorded values once, with the same semantics
-    as `get_value_at_percentile` (the highest value equivalent to the bucket reached).
-    """
-    count = int(histogram.get_total_count())
-    if count == 0:
-        return {"count": 0}
-    low = histogram._counts_index_for(histogram.min_value)
-    high = histogram._counts_index_for(histogram.max_value)
-    targets = [max(1, int(percentile / 100 * count + 0.5)) for percentile in PERCENTILES]
-    figures: dict[str, float] = {"count": count, "mean": round(sum_us / count / 1000, 3)}
-    cumulative, reached = 0, 0
-    for offset, bucket_count in enumerate(histogram.counts[low : high + 1]):
-        if not bucket_count:
-            continue
-        cumulative += bucket_count
-        while reached < len(targets) and cumulative >= targets[reached]:
-            value = histogram.get_highest_equivalent_value(
-                histogram.get_value_from_index(low + offset)
-            )
-            figures[PERCENTILE_KEYS[reached]] = round(value / 1000, 3)
-            reached += 1
-        if reached == len(targets):
-            break
-    figures["max"] = round(histogram.get_max_value() / 1000, 3)
-    return figures
 
 
 @dataclass
@@ -305,42 +235,6 @@ class RunMetrics:
             "checkouts_per_client": fairness(self.checkouts_per_client),
             **extra,
         }
-
-
-#: Summary figures that add up across instances: counts, rates, and (an upper bound) peaks.
-ADDITIVE_FIGURES = (
-    "checkouts",
-    "checkouts_per_s",
-    "requests",
-    "requests_per_s",
-    "dropped",
-    "timeouts",
-    "errors",
-    "connects",
-    "connects_per_s",
-    "closes",
-    "invalidations",
-    "detaches",
-    "max_open",
-    "max_pending_requests",
-    "leaks_suspected",
-    "leaks_reclaimed",
-    "leaks_collected",
-)
-
-LATENCY_NAMES = ("wait_time", "use_time", "query_time", "create_time", "response_time", "loop_lag")
-
-
-def merged_figures(
-    encoded: list[str], counts_and_means: list[tuple[int, float]]
-) -> dict[str, float]:
-    """Exact figures for several runs' latencies together, from their encoded histograms
-    (and their counts and means, for the mean)."""
-    merged = HdrHistogram(_LOWEST_US, _HIGHEST_US, _DIGITS)
-    for text in encoded:
-        merged.add(HdrHistogram.decode(text.encode("ascii")))
-    sum_us = sum(count * mean * 1000 for count, mean in counts_and_means)
-    return _figures(merged, int(sum_us))
 
 
 def fairness(checkouts_per_client: list[int]) -> dict[str, Any]:

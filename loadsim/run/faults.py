@@ -13,15 +13,15 @@ from __future__ import annotations
 import asyncio
 import time
 
-from loadsim.database import (
+from loadsim.config.scenario import Faults
+from loadsim.errors import ScenarioError
+from loadsim.run.database import (
     EmbeddedPostgres,
     ServerObserver,
     missing_settings,
     terminate_sessions,
 )
-from loadsim.errors import ScenarioError
-from loadsim.events import EventLog
-from loadsim.scenario import Faults
+from loadsim.run.events import EventLog
 
 
 async def check_supported(faults: Faults, observer: ServerObserver, scenario: str) -> None:

@@ -10,7 +10,6 @@ written.
 from __future__ import annotations
 
 import datetime as dt
-import fnmatch
 import time
 from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass
@@ -19,68 +18,8 @@ from typing import IO, Any, Literal, cast
 import orjson
 import structlog
 
-from loadsim.errors import ScenarioError
-
-SCHEMA_VERSION = 1
-
-POOL_EVENTS = frozenset(
-    {
-        "pool.connect",
-        "pool.first_connect",
-        "pool.checkout",
-        "pool.checkin",
-        "pool.close",
-        "pool.close_detached",
-        "pool.detach",
-        "pool.invalidate",
-        "pool.soft_invalidate",
-        "pool.reset",
-    }
-)
-CLIENT_EVENTS = frozenset(
-    {
-        "client.waiting",  # asked the pool for a connection
-        "client.acquired",  # got one, after wait_ms
-        "client.released",  # gave it back, after held_ms
-        "client.timeout",  # the pool's TimeoutError
-        "client.error",  # a connect or query error
-        "client.cancelled",  # its task was cancelled while it held a connection
-    }
-)
-MONITOR_EVENTS = frozenset(
-    {
-        "monitor.stats",  # a periodic snapshot: the pool, the window's rates, the server's view
-        "monitor.leak_suspected",  # a checkout held past the leak threshold
-        "monitor.leak_reclaimed",  # ... taken back (invalidated) past leak_reclaim
-        "monitor.leak_returned",  # ... returned after all, late
-        "monitor.leak_collected",  # ... garbage-collected while checked out
-        "monitor.alert",  # a condition that lasts: saturated, or the server disagrees
-    }
-)
-FAULT_EVENTS = frozenset({"fault.restart", "fault.terminate"})
-RUN_EVENTS = frozenset({"run.start", "run.end", "run.warning", "run.threshold", "run.summary"})
-EVENT_NAMES = POOL_EVENTS | CLIENT_EVENTS | MONITOR_EVENTS | FAULT_EVENTS | RUN_EVENTS
-
-#: Events that report a problem; LOG_LEVEL=warning keeps only these (and run.start/run.end).
-WARNING_EVENTS = frozenset(
-    {
-        "client.timeout",
-        "client.error",
-        "client.cancelled",
-        "pool.invalidate",
-        "pool.soft_invalidate",
-        "monitor.leak_suspected",
-        "monitor.leak_reclaimed",
-        "monitor.leak_returned",
-        "monitor.leak_collected",
-        "monitor.alert",
-        "run.warning",
-        *FAULT_EVENTS,
-    }
-)
-#: Events that report a failure; LOG_LEVEL=error keeps only these (and run.start/run.end).
-ERROR_EVENTS = frozenset({"client.error"})
-LEVELS = ("debug", "info", "warning", "error")
+from loadsim.config.selection import wanted_events
+from loadsim.schema import EVENT_NAMES
 
 LogFormat = Literal["json", "console"]
 
@@ -178,7 +117,7 @@ class EventLog:
     ) -> None:
         self.sink = sink
         #: The events this log writes: those the level keeps, among the selected kinds.
-        self.wanted = _wanted_events(level) & kinds
+        self.wanted = wanted_events(level) & kinds
         self.started = time.perf_counter() if started is None else started
         # Wall-clock time is read once; each event's `ts` follows the monotonic clock from
         # there, so `ts` and `t` always agree (orjson renders the datetime itself).
@@ -308,35 +247,6 @@ def _console_value(value: Any) -> str:
     if isinstance(value, str):
         return value if value and " " not in value else repr(value)
     return orjson.dumps(value, default=str).decode()
-
-
-def select_events(patterns: str) -> frozenset[str]:
-    """`--events`: the event names matching comma-separated globs such as
-    "monitor.*,run.*"; a pattern that matches no event is a ScenarioError."""
-    selected: set[str] = set()
-    for pattern in (part.strip() for part in patterns.split(",")):
-        if not pattern:
-            continue
-        matched = {name for name in EVENT_NAMES if fnmatch.fnmatchcase(name, pattern)}
-        if not matched:
-            kinds = sorted({name.split(".")[0] + ".*" for name in EVENT_NAMES})
-            raise ScenarioError(
-                f"--events: {pattern!r} matches no event; try one of {', '.join(kinds)} "
-                "or a full name such as pool.checkout"
-            )
-        selected |= matched
-    if not selected:
-        raise ScenarioError("--events: give at least one pattern, such as 'monitor.*,run.*'")
-    return frozenset(selected | {"run.start", "run.end", "run.summary"})
-
-
-def _wanted_events(level: str) -> frozenset[str]:
-    """The events written at a LOG_LEVEL: everything at debug and info, problems above."""
-    if level == "warning":
-        return WARNING_EVENTS | {"run.start", "run.end", "run.summary"}
-    if level == "error":
-        return ERROR_EVENTS | {"run.start", "run.end", "run.summary"}
-    return EVENT_NAMES
 
 
 def _dumps(value: Any, **_: Any) -> bytes:

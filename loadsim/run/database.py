@@ -22,8 +22,8 @@ from typing import Any
 import asyncpg
 from sqlalchemy.engine import URL
 
-from loadsim.engine import mask_url
 from loadsim.errors import DatabaseUnavailable
+from loadsim.run.engine import mask_url
 
 EMBEDDED_USER = "postgres"
 EMBEDDED_DATABASE = "postgres"
