@@ -54,7 +54,7 @@ def test_the_writer_writes_what_the_run_would_have_written(tmp_path: Path) -> No
             writer = EventWriter([file])
             remote = _log(writer, log_format)
             for elapsed, event, fields in _events():
-                local.write_now(elapsed, event, fields)
+                local._hand_over(elapsed, event, fields)
                 remote._hand_over(elapsed, event, fields)
             writer.close()
         assert path.read_bytes() == expected.getvalue()

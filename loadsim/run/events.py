@@ -1,19 +1,20 @@
-"""The event stream: its schema (a closed set of names) and how each event is rendered.
+"""The event stream: how each event is rendered, and the sinks its lines go to.
 
-Every event is one flat JSON object on one line, rendered by structlog with orjson. Lines go
-to stdout and, with `--output`, to a file as well. A run hands its events to the writer
-process (`writer.py`), which renders them exactly as `EventLog.write_now` does here; the
-runner sends what has gathered once a second and at the end, and only whole lines are ever
-written.
+Every event is one flat JSON object on one line (names and fields: `loadsim/schema.py`). A run
+hands each event's bare fields to its sink (`EventLog.emit`); the writer process
+(`writer.py`) renders them through structlog's processor chain (`EventRenderer`: the
+envelope and timestamps, then orjson's JSON or `ConsoleLines`) and writes them to stdout and,
+with `--output`, to a file as well. An in-process `EventSink` renders the same way, at once.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass
-from typing import IO, Any, Literal, cast
+from typing import IO, Any, Literal
 
 import orjson
 import structlog
@@ -23,12 +24,80 @@ from loadsim.schema import EVENT_NAMES
 
 LogFormat = Literal["json", "console"]
 
+#: How a log hands its sink an event: (seconds since the log started, name, fields).
+EventHandover = Callable[[float, str, Mapping[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class LogIdentity:
+    """What every event of one log carries, and how its lines are rendered: enough for
+    another process to render them exactly as this one would."""
+
+    run_id: str
+    scenario: str
+    instance: int | None
+    log_format: LogFormat
+    colours: bool
+    epoch_started: float  # wall-clock seconds at `t` = 0
+
+
+class EventRenderer:
+    """One log's lines, rendered by structlog: a logger bound to the log's envelope
+    (`run_id`, `scenario`, `instance`), whose processors stamp each event with `ts` and `t`
+    (envelope first) and render it; structlog's `ReturnLogger` hands the line back."""
+
+    def __init__(self, identity: LogIdentity) -> None:
+        renderer: Any = (
+            ConsoleLines(colours=identity.colours)
+            if identity.log_format == "console"
+            else structlog.processors.JSONRenderer(
+                serializer=orjson.dumps,
+                option=orjson.OPT_UTC_Z | orjson.OPT_APPEND_NEWLINE,
+                default=str,
+            )
+        )
+        self._logger = structlog.wrap_logger(
+            structlog.ReturnLogger(),
+            processors=[_Stamp(identity.epoch_started), renderer],
+            wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG),
+            context_class=dict,
+        ).bind(run_id=identity.run_id, scenario=identity.scenario, instance=identity.instance)
+
+    def render(self, elapsed: float, event: str, fields: Mapping[str, Any]) -> bytes:
+        """The line of an event that happened `elapsed` seconds into the log, newline
+        included."""
+        return as_bytes(self._logger.info(event, **{_ELAPSED: elapsed}, **fields))
+
+
+_ELAPSED = "_elapsed"  # how the elapsed time reaches the stamping processor
+
+
+class _Stamp:
+    """structlog processor: `ts` and `t` from the seconds since the log started, then the
+    event's name and the envelope, then its fields (the order people read them in)."""
+
+    def __init__(self, epoch_started: float) -> None:
+        # Wall-clock time was read once; `ts` follows the monotonic clock from there, so `ts`
+        # and `t` always agree (orjson renders the datetime itself).
+        self.epoch_started = epoch_started
+
+    def __call__(
+        self, _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+    ) -> dict[str, Any]:
+        elapsed = event_dict.pop(_ELAPSED)
+        return {
+            "ts": _from_timestamp(self.epoch_started + elapsed, dt.UTC),
+            "t": int(elapsed * 1_000_000) / 1_000_000,
+            "event": event_dict.pop("event"),
+            **event_dict,
+        }
+
 
 class EventSink:
-    """A structlog logger that writes each rendered line to several binary streams.
+    """Writes rendered lines to several binary streams.
 
     A stream that fails (a closed pipe, a full disk) is dropped and remembered in
-    `failed`; the others keep receiving events.
+    `failed`; the others keep receiving lines.
     """
 
     def __init__(self, streams: Iterable[IO[bytes]]) -> None:
@@ -44,11 +113,14 @@ class EventSink:
             except OSError as error:
                 self._drop(stream, error)
 
-    info = debug = warning = error = msg
-
     def writer_for(self, log: EventLog) -> EventHandover:
         """How `log` hands this sink an event: here, rendered and written at once."""
-        return log.write_now
+        render, write = EventRenderer(log.identity).render, self.msg
+
+        def hand_over(elapsed: float, event: str, fields: Mapping[str, Any]) -> None:
+            write(render(elapsed, event, fields))
+
+        return hand_over
 
     def flush(self) -> None:
         for stream in tuple(self.streams):
@@ -65,41 +137,8 @@ class EventSink:
         self.failed.append((stream, error))
 
 
-class EventLogger(structlog.BoundLoggerBase):
-    """structlog's bound logger for the event stream, cut down to what the stream needs.
-
-    Every checkout writes six events, so an event's cost is the instrumentation's cost. The
-    stock and filtering bound loggers copy the bound context, merge the keywords into it and
-    run a stamping processor that builds the dict again: about 8 µs an event, half of it
-    that copying. Here the caller hands over the finished dict and `write` runs the
-    processors (the renderer: orjson JSON, or `ConsoleLines`) and writes the line.
-    """
-
-    def write(self, event_dict: dict[str, Any]) -> None:
-        self._logger.msg(self.render(event_dict))
-
-    def render(self, event_dict: dict[str, Any]) -> bytes | str:
-        rendered: Any = event_dict
-        for processor in self._processors:
-            rendered = processor(self._logger, "info", rendered)
-        return cast(bytes | str, rendered)
-
-
-@dataclass(frozen=True)
-class LogIdentity:
-    """What every event of one log carries, and how its lines are rendered: enough for
-    another process to render them exactly as this one would."""
-
-    run_id: str
-    scenario: str
-    instance: int | None
-    log_format: LogFormat
-    colours: bool
-    epoch_started: float  # wall-clock seconds at `t` = 0
-
-
 class EventLog:
-    """Writes the events of one run. `emit` is the only way an event leaves the process."""
+    """The events of one run. `emit` is the only way an event leaves the run."""
 
     def __init__(
         self,
@@ -119,34 +158,10 @@ class EventLog:
         #: The events this log writes: those the level keeps, among the selected kinds.
         self.wanted = wanted_events(level) & kinds
         self.started = time.perf_counter() if started is None else started
-        # Wall-clock time is read once; each event's `ts` follows the monotonic clock from
-        # there, so `ts` and `t` always agree (orjson renders the datetime itself).
-        if epoch_started is None:
+        if epoch_started is None:  # wall-clock time at `t` = 0
             epoch_started = time.time() - (time.perf_counter() - self.started)
         self.identity = LogIdentity(run_id, scenario, instance, log_format, colours, epoch_started)
-        renderer: Any = (
-            ConsoleLines(colours=colours)
-            if log_format == "console"
-            else structlog.processors.JSONRenderer(serializer=_dumps)
-        )
-        self._logger: EventLogger = structlog.wrap_logger(
-            sink, wrapper_class=EventLogger, processors=[renderer], context_class=dict
-        ).bind(run_id=run_id, scenario=scenario, instance=instance)
-        self._context = dict(self._logger._context)
         self._hand_over = sink.writer_for(self)
-
-    @classmethod
-    def replica(cls, sink: EventSink, identity: LogIdentity) -> EventLog:
-        """A log that renders another process's events as that process would have."""
-        return cls(
-            sink,
-            run_id=identity.run_id,
-            scenario=identity.scenario,
-            instance=identity.instance,
-            log_format=identity.log_format,
-            colours=identity.colours,
-            epoch_started=identity.epoch_started,
-        )
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.started
@@ -162,29 +177,8 @@ class EventLog:
         elif event not in EVENT_NAMES:
             raise ValueError(f"unknown event name {event!r}")  # a bug, not a user error
 
-    def write_now(self, elapsed: float, event: str, fields: Mapping[str, Any]) -> None:
-        """Renders an event that happened `elapsed` seconds into the log and writes it."""
-        self._logger.write(self.event_dict(elapsed, event, fields))
-
-    def render(self, elapsed: float, event: str, fields: Mapping[str, Any]) -> bytes | str:
-        """The event's line, newline included, without writing it."""
-        return self._logger.render(self.event_dict(elapsed, event, fields))
-
-    def event_dict(self, elapsed: float, event: str, fields: Mapping[str, Any]) -> dict[str, Any]:
-        return {
-            "ts": _from_timestamp(self.identity.epoch_started + elapsed, dt.UTC),
-            "t": int(elapsed * 1_000_000) / 1_000_000,
-            "event": event,
-            **self._context,  # run_id, scenario, instance
-            **fields,
-        }
-
     def flush(self) -> None:
         self.sink.flush()
-
-
-#: How a log hands its sink an event: (seconds since the log started, name, fields).
-EventHandover = Callable[[float, str, Mapping[str, Any]], None]
 
 
 def as_bytes(line: bytes | str) -> bytes:
@@ -247,7 +241,3 @@ def _console_value(value: Any) -> str:
     if isinstance(value, str):
         return value if value and " " not in value else repr(value)
     return orjson.dumps(value, default=str).decode()
-
-
-def _dumps(value: Any, **_: Any) -> bytes:
-    return orjson.dumps(value, default=str, option=orjson.OPT_UTC_Z | orjson.OPT_APPEND_NEWLINE)

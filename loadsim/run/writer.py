@@ -5,7 +5,7 @@ timestamp, orjson, a buffered write) costs its event loop about 5 µs, and more 
 it evicts from the CPU's caches: writing every event cost a `SELECT 1` workload a quarter of
 its throughput. So a run only appends each event's bare fields to a batch; the batch goes
 down a pipe to this process, marshalled in one call, and is rendered here exactly as the run
-would have rendered it (`EventLog.replica`), on the machine's other core. An event's fields
+would have rendered it (`EventRenderer`), on the machine's other core. An event's fields
 are read when its batch is sent (within a second): callers pass values they do not change.
 
 The writer inherits the run's stdout and `--output` file. It runs in a session of its own
@@ -30,7 +30,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import astuple
 from typing import IO, Any
 
-from loadsim.run.events import EventHandover, EventLog, EventSink, LogIdentity, as_bytes
+from loadsim.run.events import (
+    EventHandover,
+    EventLog,
+    EventRenderer,
+    EventSink,
+    LogIdentity,
+    as_bytes,
+)
 
 #: Items are tuples whose first element says what they are: a log's key (>= 0) for one of
 #: its events, or one of these.
@@ -64,11 +71,11 @@ class EventWriter(EventSink):
         with contextlib.suppress(AttributeError, OSError):  # Linux: room for bursts
             fcntl.fcntl(self._pipe.fileno(), fcntl.F_SETPIPE_SZ, 1 << 20)
         self._items: list[tuple[Any, ...]] = []
-        self._logs: dict[int, EventLog] = {}
+        self._identities: dict[int, LogIdentity] = {}
 
     def writer_for(self, log: EventLog) -> EventHandover:
-        key = len(self._logs)
-        self._logs[key] = log
+        key = len(self._identities)
+        self._identities[key] = log.identity
         self._items.append((_LOG, key, astuple(log.identity)))
         items = self._items
 
@@ -83,8 +90,6 @@ class EventWriter(EventSink):
         self._items.append((_LINE, as_bytes(line)))
         if len(self._items) >= BATCH_EVENTS:
             self._send()
-
-    info = debug = warning = error = msg
 
     def flush(self) -> None:
         """Sends what has gathered; the writer writes and flushes each batch at once."""
@@ -128,7 +133,8 @@ class EventWriter(EventSink):
             marshal.dumps(item)
         except ValueError:
             key, elapsed, event, fields = item
-            return (_LINE, as_bytes(self._logs[key].render(elapsed, event, fields)))
+            line = EventRenderer(self._identities[key]).render(elapsed, event, fields)
+            return (_LINE, line)
         return item
 
     def _read_status(self) -> None:
@@ -160,7 +166,7 @@ class _ReportingSink(EventSink):
 
 def serve(source: IO[bytes], sink: EventSink) -> None:
     """Renders and writes every whole batch that arrives, until the pipe closes."""
-    logs: dict[int, EventLog] = {}
+    renderers: dict[int, EventRenderer] = {}
     while True:
         header = source.read(_FRAME_HEADER)
         if len(header) < _FRAME_HEADER:
@@ -172,11 +178,11 @@ def serve(source: IO[bytes], sink: EventSink) -> None:
         for item in marshal.loads(payload):
             kind = item[0]
             if kind >= 0:
-                logs[kind].write_now(item[1], item[2], item[3])
+                sink.msg(renderers[kind].render(item[1], item[2], item[3]))
             elif kind == _LINE:
                 sink.msg(item[1])
             else:
-                logs[item[1]] = EventLog.replica(sink, LogIdentity(*item[2]))
+                renderers[item[1]] = EventRenderer(LogIdentity(*item[2]))
         sink.flush()
         if not sink.streams:
             break
