@@ -26,6 +26,7 @@ from loadsim.config.scenario import MonitorSettings
 from loadsim.run.database import ServerObserver
 from loadsim.run.events import EventLog, milliseconds
 from loadsim.run.metrics import RunMetrics
+from loadsim.run.pool_internals import close_cause, queue_is_full
 
 #: The client (an integer id) on whose behalf the current task uses the pool.
 current_client: contextvars.ContextVar[int | None] = contextvars.ContextVar(
@@ -275,7 +276,7 @@ class PoolMonitor:
             conn = checkout.conn if checkout is not None else None
         else:
             conn = self._ids.get(id(dbapi_connection))
-            if conn is not None and self._will_close_on_return():
+            if conn is not None and queue_is_full(self.pool):
                 self._close_cause[conn] = "overflow" if self._queue_pool else "returned"
         self._emit("pool.checkin", conn)
         if checkout is not None and checkout.suspected and not checkout.reclaimed:
@@ -285,13 +286,6 @@ class PoolMonitor:
                 conn=checkout.conn,
                 held_ms=_ms_since(checkout.since),
             )
-
-    def _will_close_on_return(self) -> bool:
-        """Whether the pool will close the connection being returned instead of keeping it."""
-        if not self._queue_pool:
-            return True
-        queue = self.pool._pool  # type: ignore[attr-defined]
-        return bool(queue.maxsize > 0 and queue.qsize() >= queue.maxsize)
 
     def _on_close(self, dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
         conn = self._ids.get(id(dbapi_connection))
@@ -305,17 +299,7 @@ class PoolMonitor:
     def _cause_from_record(self, record: ConnectionPoolEntry) -> str:
         if self.disposing:
             return "disposed"
-        pool = self.pool
-        started = getattr(record, "starttime", None)
-        recycle = pool._recycle
-        if started is not None:
-            if recycle > -1 and time.time() - started > recycle:
-                return "recycled"
-            if pool._invalidate_time > started:
-                return "pool_invalidated"
-            if getattr(record, "_soft_invalidate_time", 0) > started:
-                return "soft_invalidated"
-        return "closed"
+        return close_cause(self.pool, record) or "closed"
 
     def _on_close_detached(self, dbapi_connection: Any) -> None:
         conn = self._forget(dbapi_connection)
