@@ -1,0 +1,92 @@
+"""The layers, as a user meets them: commands that only read files answer without loading the
+run side's libraries (the import contracts themselves are checked by `lint-imports` in CI)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPOSITORY, clean_environment
+
+#: Heavy libraries that only `loadsim run` (and, for matplotlib, report and compare) needs.
+RUN_SIDE = ("sqlalchemy", "asyncpg", "structlog", "hdrh", "loadsim.run")
+CHARTS = ("matplotlib",)
+
+#: Runs the real command line in this process, then says which modules it loaded.
+PROBE = """
+import json, sys
+from loadsim.cli import main
+sys.argv = ["loadsim", *sys.argv[1:]]
+try:
+    main()
+except SystemExit as stop:
+    code = stop.code
+print("LOADED " + json.dumps(sorted({name.split(".")[0] if not name.startswith("loadsim")
+      else ".".join(name.split(".")[:2]) for name in sys.modules})), file=sys.stderr)
+sys.exit(code)
+"""
+
+
+def loaded_by(tmp_path: Path, *arguments: str) -> set[str]:
+    result = subprocess.run(
+        [sys.executable, "-c", PROBE, *arguments],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=clean_environment(),
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("LOADED "), result.stderr
+    return set(json.loads(last.removeprefix("LOADED ")))
+
+
+def minimal_log(path: Path) -> Path:
+    """A two-line run log: enough for the report to read, chart and write a page."""
+    from loadsim.schema import SCHEMA_VERSION
+
+    envelope = {"run_id": "r1", "scenario": "tiny", "instance": 0}
+    start = {
+        "ts": "2026-01-01T00:00:00Z",
+        "t": 0.0,
+        "event": "run.start",
+        **envelope,
+        "schema_version": SCHEMA_VERSION,
+        "pool": {"pool_size": 5, "max_overflow": 0, "pool_class": "queue"},
+    }
+    end = {"ts": "2026-01-01T00:00:01Z", "t": 1.0, "event": "run.end", **envelope, "summary": {}}
+    path.write_text(json.dumps(start) + "\n" + json.dumps(end) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        ("--help",),
+        ("run", "--help"),
+        ("list",),
+        ("show", "normal"),
+        ("show", "exhaustion", "--database-url", "postgresql://u:secret@db.example/x"),
+        ("validate", str(REPOSITORY / "scenarios.toml")),
+    ],
+    ids=lambda arguments: " ".join(arguments)[:40],
+)
+def test_commands_that_read_files_load_no_run_side(
+    tmp_path: Path, arguments: tuple[str, ...]
+) -> None:
+    loaded = loaded_by(tmp_path, *arguments)
+    assert loaded.isdisjoint(RUN_SIDE + CHARTS), sorted(loaded & {*RUN_SIDE, *CHARTS})
+    assert "loadsim.config" in loaded or "--help" in arguments  # the probe saw the command
+
+
+def test_report_loads_the_charts_but_no_run_side(tmp_path: Path) -> None:
+    log = minimal_log(tmp_path / "tiny.jsonl")
+    loaded = loaded_by(tmp_path, "report", str(log), "--out", str(tmp_path / "out"))
+    assert (tmp_path / "out" / "index.html").is_file()
+    assert "matplotlib" in loaded  # it did draw
+    assert loaded.isdisjoint(RUN_SIDE), sorted(loaded & set(RUN_SIDE))
