@@ -3,8 +3,10 @@
 hdrhistogram's `record_value` (1.5 µs a value), `reset` (zeroes 23,552 counts one by one, 2
 ms) and percentile iterators (a Python step per sub-bucket) cost more than the load they
 measure, so these do the same work directly on its counts array and bucket geometry.
-`tests/test_histogram.py` pins every behaviour relied on against hdrhistogram's own methods:
-an upgrade that changes them fails there, not in a run's figures. (pyproject pins hdrhistogram
+Tests pin every behaviour relied on against hdrhistogram's own methods (`record_value`'s
+counts, `get_value_at_percentile`, `reset` through a window's fold, and merging encoded
+histograms in `tests/test_histogram.py`): an upgrade that changes them fails there, not in a
+run's figures. (pyproject pins hdrhistogram
 below 0.11 for the same reason.)
 """
 
