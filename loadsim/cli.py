@@ -13,6 +13,7 @@ from typing import IO, Annotated, NoReturn
 
 import typer
 
+from loadsim import __version__
 from loadsim.config.scenario import ScenarioFile, load_scenarios
 from loadsim.config.selection import select_events
 from loadsim.config.settings import Flags, RunConfig, read_environment, resolve
@@ -36,8 +37,26 @@ app = typer.Typer(
 )
 
 
+def _print_version(wanted: bool) -> None:
+    if wanted:
+        print(f"loadsim {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _overview(context: typer.Context) -> None:
+def _overview(
+    context: typer.Context,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            "-V",
+            help="Print loadsim's version and exit.",
+            callback=_print_version,
+            is_eager=True,
+        ),
+    ] = False,
+) -> None:
     if context.invoked_subcommand is None:
         print(context.get_help())
 
