@@ -6,6 +6,7 @@ stdout carries the event stream and nothing else; people's output goes to stderr
 from __future__ import annotations
 
 import enum
+import json
 import os
 import sys
 from pathlib import Path
@@ -19,7 +20,7 @@ from loadsim.config.selection import select_events
 from loadsim.config.settings import Flags, RunConfig, read_environment, resolve
 from loadsim.config.show import format_show
 from loadsim.errors import LoadsimError, ScenarioError
-from loadsim.schema import EVENT_NAMES
+from loadsim.schema import EVENT_NAMES, json_schema
 
 app = typer.Typer(
     name="loadsim",
@@ -382,6 +383,16 @@ RunLogsArgument = Annotated[
         show_default=False,
     ),
 ]
+
+
+@app.command("schema")
+def schema_command() -> None:
+    """Print the event stream's JSON Schema (draft 2020-12): what one line of 'loadsim run'
+    may hold, every event with its fields, their types, units and meanings.
+
+    Example: loadsim schema > events.schema.json
+    """
+    print(json.dumps(json_schema(), indent=2))
 
 
 def _log_note(message: str) -> None:

@@ -19,6 +19,7 @@ import pytest
 
 from loadsim.config.settings import ENVIRONMENT_VARIABLES
 from loadsim.run.database import EmbeddedPostgres
+from loadsim.schema import event_problems
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 
@@ -70,13 +71,21 @@ def loadsim(tmp_path: Path) -> RunLoadsim:
 
 
 def parse_events(stdout: str) -> list[dict[str, Any]]:
-    """Every line of a run's stdout as JSON; fails the test on any line that is not."""
+    """Every line of a run's stdout as JSON; fails the test on any line that is not, or that
+    is not an event as `loadsim/schema.py` declares it (an unknown name, a field it does not
+    declare, a declared field missing or of another type)."""
     events = []
     for number, line in enumerate(stdout.splitlines(), start=1):
         try:
-            events.append(json.loads(line))
+            event = json.loads(line)
         except json.JSONDecodeError:
             pytest.fail(f"stdout line {number} is not JSON: {line[:200]!r}")
+        problems = event_problems(event)
+        if problems:
+            pytest.fail(
+                f"stdout line {number} does not match loadsim/schema.py: {'; '.join(problems)}"
+            )
+        events.append(event)
     return events
 
 

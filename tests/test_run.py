@@ -162,9 +162,9 @@ def test_pool_timeout_is_recorded_and_the_run_goes_on(
     for event in timeouts:
         assert "QueuePool limit of size 1 overflow 0 reached" in event["message"]
         assert event["wait_ms"] >= 290
-        assert event["total"] == event["in_use"] == 1
-        assert event["idle"] == 0
-        assert event["waiting"] >= 1
+        assert event["connections_total"] == event["connections_used"] == 1
+        assert event["connections_idle"] == 0
+        assert event["pending_requests"] >= 1
     assert events[-1]["summary"]["timeouts"] == len(timeouts)
     assert len(by_name(events, "client.released")) >= 2  # clients went on after timing out
 

@@ -14,23 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from loadsim.schema import ADDITIVE_FIGURES, LATENCY_NAMES, LATENCY_STATS
-
-_LATENCIES = LATENCY_NAMES
-_COUNTS = (*ADDITIVE_FIGURES, "utilisation_mean", "utilisation_max", "reuse_ratio")
-#: Short names people reach for first.
-_ALIASES = {"leaks": "leaks_suspected", "utilisation": "utilisation_max"}
-
-METRICS: tuple[str, ...] = (
-    *_COUNTS,
-    *_ALIASES,
-    *(
-        f"{latency}_{stat}_ms"
-        for latency in _LATENCIES
-        for stat in LATENCY_STATS
-        if stat != "count"
-    ),
-)
+from loadsim.schema import LATENCY_METRICS, METRIC_ALIASES, METRICS, STAT_COUNT, summary_figure
 
 _OPERATORS: Mapping[str, Callable[[float, float], bool]] = {
     "<=": operator.le,
@@ -86,18 +70,13 @@ def parse_threshold(text: object) -> Threshold:
 
 def metric_value(summary: Mapping[str, Any], metric: str) -> float | None:
     """A metric's value in a run summary (None when the run has no such figure)."""
-    metric = _ALIASES.get(metric, metric)
-    for latency in _LATENCIES:
-        prefix = latency + "_"
-        if metric.startswith(prefix) and metric.endswith("_ms"):
-            figures = summary.get(f"{latency}_ms") or {}
-            stat = metric[len(prefix) : -len("_ms")]
-            value = figures.get(stat)
-            if value is None and figures.get("count") == 0:
-                return 0.0  # nothing was measured: no wait is a wait of 0
-            return None if value is None else float(value)
-    value = summary.get(metric)
-    return None if value is None else float(value)
+    value = summary_figure(summary, metric)
+    latency = LATENCY_METRICS.get(METRIC_ALIASES.get(metric, metric))
+    if value is None and latency is not None:
+        figures = summary.get(latency[0])
+        if isinstance(figures, Mapping) and figures.get(STAT_COUNT) == 0:
+            return 0.0  # nothing was measured: no wait is a wait of 0
+    return value
 
 
 def evaluate(thresholds: tuple[Threshold, ...], summary: Mapping[str, Any]) -> list[dict[str, Any]]:

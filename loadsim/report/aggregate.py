@@ -22,6 +22,7 @@ from typing import Any
 from loadsim.errors import EventLogError
 from loadsim.report.reader import Event, LogSource, Note, read_events
 from loadsim.report.series import Bars, LogHistogram, PeakSeries, Sampled
+from loadsim.schema import ENVELOPE, STAT_COUNT, STAT_MAX, percentile_key, summary_figure
 
 #: Caps on what is kept per scenario (rows past a cap are thinned evenly, and said).
 MAX_BARS = 200_000
@@ -30,9 +31,6 @@ MAX_MONITOR_ROWS = 20_000
 MAX_INSTANTS = 20_000  # timeouts, errors
 MAX_LISTED = 1_000  # faults, alerts
 MAX_MESSAGES = 50  # run.warning messages kept for the page
-
-#: The envelope every event carries; the rest of run.start is the configuration.
-ENVELOPE = ("ts", "t", "event", "run_id", "scenario", "instance")
 
 #: Marks on the timeline's lanes, by kind (an index into this tuple is stored per mark).
 MARK_KINDS: tuple[str, ...] = (
@@ -64,7 +62,8 @@ MONITOR_COLUMNS: tuple[str, ...] = (
     "pending_requests",
     "instance",
 )
-_PERCENTILE_KEYS = ("p50", "p95", "p99", "max")
+#: The latency figures in monitor rows (the wait_* and use_* columns), as the schema names them.
+_PERCENTILE_KEYS = (*(percentile_key(p) for p in (50, 95, 99)), STAT_MAX)
 
 
 @dataclass
@@ -205,9 +204,9 @@ class ScenarioData:
     @property
     def duration_s(self) -> float:
         """How long the scenario ran: run.end's elapsed time, else the last event's time."""
-        elapsed = (self.summary or {}).get("elapsed_s")
-        if isinstance(elapsed, int | float) and elapsed > 0:
-            return max(float(elapsed), self.last_t)
+        elapsed = summary_figure(self.summary or {}, "elapsed_s")
+        if elapsed is not None and elapsed > 0:
+            return max(elapsed, self.last_t)
         return self.last_t
 
 
@@ -577,7 +576,7 @@ def _number(value: Any) -> float:
 
 
 def _percentiles(values: Any) -> tuple[float, ...]:
-    if not isinstance(values, dict) or not values.get("count"):
+    if not isinstance(values, dict) or not values.get(STAT_COUNT):
         return (math.nan,) * len(_PERCENTILE_KEYS)
     return tuple(_number(values.get(key)) for key in _PERCENTILE_KEYS)
 

@@ -22,6 +22,7 @@ from loadsim.report import palette
 from loadsim.report.aggregate import ScenarioData
 from loadsim.report.charts import Chart, empty_message, figure, monitor_column, render
 from loadsim.report.series import LogHistogram
+from loadsim.schema import latency_metric, summary_figure
 
 #: (key, label, format) of each row of the table, in order.
 ROWS: tuple[tuple[str, str, str], ...] = (
@@ -73,30 +74,27 @@ def figures(scenarios: Sequence[ScenarioData]) -> list[RunFigures]:
     ]
 
 
+#: Where each row's figure is in a run's summary: the schema's name for it (the name a
+#: threshold uses), read with `loadsim.schema.summary_figure`.
+_SUMMARY_FIGURE: dict[str, str] = {
+    "checkouts_per_s": "checkouts_per_s",
+    "checkouts": "checkouts",
+    **{f"wait_{stat}": latency_metric("wait_time", stat) for stat in ("p50", "p95", "p99", "max")},
+    **{f"use_{stat}": latency_metric("use_time", stat) for stat in ("p50", "p95", "p99")},
+    "connects": "connects",
+    "connect_p50": latency_metric("create_time", "p50"),
+    "reuse_ratio": "reuse_ratio",
+    "max_open": "max_open",
+    "timeouts": "timeouts",
+    "errors": "errors",
+    "elapsed_s": "elapsed_s",
+}
+
+
 def _figures(label: str, data: ScenarioData) -> RunFigures:
     summary = data.summary
     if summary:
-        wait = summary.get("wait_time_ms") or {}
-        use = summary.get("use_time_ms") or {}
-        create = summary.get("create_time_ms") or {}
-        values = {
-            "checkouts_per_s": _num(summary.get("checkouts_per_s")),
-            "checkouts": _num(summary.get("checkouts")),
-            "wait_p50": _num(wait.get("p50")),
-            "wait_p95": _num(wait.get("p95")),
-            "wait_p99": _num(wait.get("p99")),
-            "wait_max": _num(wait.get("max")),
-            "use_p50": _num(use.get("p50")),
-            "use_p95": _num(use.get("p95")),
-            "use_p99": _num(use.get("p99")),
-            "connects": _num(summary.get("connects")),
-            "connect_p50": _num(create.get("p50")),
-            "reuse_ratio": _num(summary.get("reuse_ratio")),
-            "max_open": _num(summary.get("max_open")),
-            "timeouts": _num(summary.get("timeouts")),
-            "errors": _num(summary.get("errors")),
-            "elapsed_s": _num(summary.get("elapsed_s")),
-        }
+        values = {key: _num(summary_figure(summary, name)) for key, name in _SUMMARY_FIGURE.items()}
         return RunFigures(label, data, values, True)
     elapsed = data.duration_s
     connects = data.events["pool.connect"]

@@ -5,6 +5,10 @@ event must be loadsim's `run.start` with a `schema_version` this code understand
 is not a JSON object with `event` and `t` is an error naming the file and the line. The one
 exception is the last line: a run that was killed can leave half a line behind (writes are
 buffered), so a last line that does not parse and has no newline is skipped and said.
+
+Every schema version in `loadsim.schema.SUPPORTED_SCHEMA_VERSIONS` is read; an older log's
+events come out in the current version's field names (`loadsim.schema.upgrade_event`), so
+nothing after the reader knows there were versions.
 """
 
 from __future__ import annotations
@@ -19,9 +23,8 @@ from typing import IO, Any
 import orjson
 
 from loadsim.errors import EventLogError
+from loadsim.schema import RENAMED_EVENTS, SCHEMA_VERSION, SUPPORTED_SCHEMA_VERSIONS, upgrade_event
 
-#: Schema versions of `run.start` this reader understands.
-SUPPORTED_SCHEMA_VERSIONS = frozenset({1})
 STDIN = "-"
 
 Event = dict[str, Any]
@@ -71,6 +74,26 @@ def read_events(source: LogSource, note: Note | None = None) -> Iterator[tuple[i
 
 
 def _events(stream: IO[bytes], source: LogSource, note: Note | None) -> Iterator[tuple[int, Event]]:
+    """The log's events, each in the current schema's names."""
+    # The version each run.start declared, by (run_id, scenario, instance): a log may hold
+    # several scenarios, and a fleet's instances interleave.
+    versions: dict[tuple[Any, Any, Any], int] = {}
+    for number, event in _parsed(stream, source, note):
+        name = event["event"]
+        if name == "run.start":
+            versions[_key(event)] = event["schema_version"]
+        elif name in RENAMED_EVENTS:
+            version = versions.get(_key(event), SCHEMA_VERSION)
+            if version != SCHEMA_VERSION:
+                event = upgrade_event(event, version)
+        yield number, event
+
+
+def _key(event: Event) -> tuple[Any, Any, Any]:
+    return event.get("run_id"), event.get("scenario"), event.get("instance") or 0
+
+
+def _parsed(stream: IO[bytes], source: LogSource, note: Note | None) -> Iterator[tuple[int, Event]]:
     label = source.label
     previous: bytes | None = None
     number = 0

@@ -280,7 +280,7 @@ class ClientFleet:
                 client=client.id,
                 wait_ms=round((time.perf_counter() - asked) * 1000, 3),
                 message=str(error).splitlines()[0],
-                **_pool_state_at_timeout(monitor),
+                **monitor.state(),
             )
         except _DATABASE_ERRORS as error:
             phase = "connect" if waiting else "query"
@@ -323,16 +323,6 @@ async def _use(connection: AsyncConnection, group: ClientGroup, hold: float) -> 
 def _statement(query: str) -> TextClause:
     """One TextClause per distinct query, built once rather than at every checkout."""
     return text(query)
-
-
-def _pool_state_at_timeout(monitor: PoolMonitor) -> dict[str, int]:
-    state = monitor.state()
-    return {
-        "total": state["connections_total"],
-        "in_use": state["connections_used"],
-        "idle": state["connections_idle"],
-        "waiting": state["pending_requests"],
-    }
 
 
 def _root_cause(error: BaseException) -> BaseException:
