@@ -1,6 +1,7 @@
 """Benchmark: `loadsim report` on a log of a million events, in time and memory.
 
-Synthesises a run log in loadsim's schema (a discrete-event simulation of a QueuePool of
+Synthesises a run log in loadsim's schema, its names and version taken from loadsim/schema.py
+(a discrete-event simulation of a QueuePool of
 20 + 10 overflow under 60 clients, with a server restart half-way), writes it to a temporary
 file, then runs the real command on it (`python -m loadsim report LOG --out DIR`) in a child
 process and reports the wall time and the child's peak resident memory. The same is done for
@@ -26,13 +27,25 @@ from typing import IO, Any
 
 import orjson
 
+from loadsim.schema import (
+    COUNTER_FIELDS,
+    ENVELOPE,
+    HIGH_WATER_MARKS,
+    LATENCY_NAMES,
+    PERCENTILE_KEYS,
+    PERCENTILES,
+    POOL_COUNTS,
+    SCHEMA_VERSION,
+    latency_key,
+)
+
 POOL_SIZE = 20
 MAX_OVERFLOW = 10
 CLIENTS = 60
 RUN_ID = "bench0000001"
 SCENARIO = "bench"
 STARTED = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
-PERCENTILES = (("p50", 50), ("p90", 90), ("p95", 95), ("p99", 99), ("p99_9", 99.9))
+COUNTERS = tuple(field.name for field in COUNTER_FIELDS)
 
 
 class Writer:
@@ -43,15 +56,9 @@ class Writer:
         self.count = 0
 
     def emit(self, t: float, event: str, **fields: Any) -> None:
-        line = {
-            "ts": (STARTED + dt.timedelta(seconds=t)).isoformat(timespec="microseconds"),
-            "t": round(t, 6),
-            "event": event,
-            "run_id": RUN_ID,
-            "scenario": SCENARIO,
-            "instance": 0,
-            **fields,
-        }
+        ts = (STARTED + dt.timedelta(seconds=t)).isoformat(timespec="microseconds")
+        line = dict(zip(ENVELOPE, (ts, round(t, 6), event, RUN_ID, SCENARIO, 0), strict=True))
+        line.update(fields)
         self.stream.write(orjson.dumps(line) + b"\n")
         self.count += 1
 
@@ -64,10 +71,28 @@ def figures(values: list[float]) -> dict[str, float]:
         "count": len(ordered),
         "mean": round(sum(ordered) / len(ordered), 3),
     }
-    for key, q in PERCENTILES:
+    for key, q in zip(PERCENTILE_KEYS, PERCENTILES, strict=True):
         result[key] = round(ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))], 3)
     result["max"] = round(ordered[-1], 3)
     return result
+
+
+def fairness(per_client: list[int]) -> dict[str, Any]:
+    """The summary's checkouts_per_client, as loadsim computes it."""
+    counts = sorted(per_client)
+    total, squares = sum(counts), sum(count * count for count in counts)
+    return {
+        "min": counts[0],
+        "median": counts[len(counts) // 2],
+        "max": counts[-1],
+        "starved_share": round(sum(1 for count in counts if count == 0) / len(counts), 4),
+        "jain_index": round(total * total / (len(counts) * squares), 4) if squares else None,
+    }
+
+
+def no_latencies() -> dict[str, dict[str, float]]:
+    """Every latency of a snapshot or a summary, with nothing measured."""
+    return {latency_key(name): {"count": 0} for name in LATENCY_NAMES}
 
 
 def synthesise(path: Path, target_events: int, seed: int = 1) -> int:
@@ -78,10 +103,11 @@ def synthesise(path: Path, target_events: int, seed: int = 1) -> int:
         out.emit(
             0.01,
             "run.start",
-            schema_version=1,
+            schema_version=SCHEMA_VERSION,
             description="Synthetic: a saturated pool of 20 + 10 under 60 clients, a restart",
             database="synthetic",
             server_version="18.6",
+            server_max_connections=100,
             application_name=f"loadsim:{RUN_ID}",
             pool={
                 "pool_class": "queue",
@@ -108,9 +134,13 @@ def synthesise(path: Path, target_events: int, seed: int = 1) -> int:
             faults={"restart": []},
             monitor={"interval": 1.0, "leak_threshold": None, "leak_reclaim": None},
             thresholds=[],
+            arrivals=None,
+            instances=1,
             seed=seed,
             sources={},
             loadsim_version="bench",
+            sqlalchemy_version="bench",
+            python_version="bench",
         )
         idle: deque[int] = deque()
         holding: dict[int, tuple[int, float]] = {}  # client → (conn, since)
@@ -127,6 +157,7 @@ def synthesise(path: Path, target_events: int, seed: int = 1) -> int:
         all_uses: list[float] = []
         creates: list[float] = []
         checkouts = 0
+        per_client = [0] * CLIENTS
         closes = 0
         max_open = 0
         max_pending = 0
@@ -135,13 +166,21 @@ def synthesise(path: Path, target_events: int, seed: int = 1) -> int:
         # every checkout is 6 events; leave room for the rest
         stop_after = target_events - 400
 
+        last_totals: dict[str, int] = {}
+
         def counts() -> dict[str, int]:
+            overflow = max(0, open_conns - POOL_SIZE)
+            values = (open_conns, len(holding), len(idle), overflow, len(waiting))
+            return dict(zip(POOL_COUNTS, values, strict=True))
+
+        def totals() -> dict[str, int]:
             return {
-                "connections_total": open_conns,
-                "connections_used": len(holding),
-                "connections_idle": len(idle),
-                "overflow": max(0, open_conns - POOL_SIZE),
-                "pending_requests": len(waiting),
+                **dict.fromkeys(COUNTERS, 0),
+                "checkouts": checkouts,
+                "connects": next_conn - 1,
+                "closes": closes,
+                "max_open": max_open,
+                "max_pending_requests": max_pending,
             }
 
         def schedule(t: float, kind: str, client: int) -> None:
@@ -153,6 +192,7 @@ def synthesise(path: Path, target_events: int, seed: int = 1) -> int:
             nonlocal checkouts, window_checkouts
             holding[client] = (conn, t)
             checkouts += 1
+            per_client[client] += 1
             window_checkouts += 1
             out.emit(
                 t, "pool.checkout", conn=conn, backend_pid=10_000 + conn, client=client, **counts()
@@ -170,21 +210,30 @@ def synthesise(path: Path, target_events: int, seed: int = 1) -> int:
             t, _, kind, client = heapq.heappop(heap)
             while t >= next_stats:
                 snapshot = counts()
+                now_totals = totals()
+                window = {
+                    key: value - last_totals.get(key, 0)
+                    for key, value in now_totals.items()
+                    if key not in HIGH_WATER_MARKS
+                }
+                last_totals = now_totals
                 out.emit(
                     next_stats,
                     "monitor.stats",
                     **snapshot,
                     oldest_wait_ms=0.0,
                     interval_s=1.0,
-                    window={"checkouts": window_checkouts},
+                    window=window,
                     checkouts_per_s=float(window_checkouts),
-                    connects_per_s=0.0,
+                    connects_per_s=float(window["connects"]),
                     utilisation=round(len(holding) / (POOL_SIZE + MAX_OVERFLOW), 4),
-                    wait_time_ms=figures(window_waits),
-                    use_time_ms=figures(window_uses),
-                    query_time_ms=figures(window_uses),
-                    create_time_ms={"count": 0},
-                    totals={"checkouts": checkouts},
+                    **{
+                        **no_latencies(),
+                        latency_key("wait_time"): figures(window_waits),
+                        latency_key("use_time"): figures(window_uses),
+                        latency_key("query_time"): figures(window_uses),
+                    },
+                    totals=now_totals,
                     server={"active": len(holding), "idle": len(idle)},
                 )
                 window_waits.clear()
@@ -316,19 +365,27 @@ def synthesise(path: Path, target_events: int, seed: int = 1) -> int:
             summary={
                 "elapsed_s": round(end, 3),
                 "clients": CLIENTS,
-                "checkouts": checkouts,
+                **totals(),
                 "checkouts_per_s": round(checkouts / end, 2),
-                "timeouts": 0,
-                "errors": 0,
-                "connects": next_conn - 1,
-                "closes": closes,
-                "max_open": max_open,
-                "max_pending_requests": max_pending,
+                "requests_per_s": 0.0,
+                "connects_per_s": round((next_conn - 1) / end, 2),
+                "errors_by_kind": {},
                 "reuse_ratio": round(checkouts / (next_conn - 1), 2),
-                "wait_time_ms": figures(all_waits),
-                "use_time_ms": figures(all_uses),
-                "create_time_ms": figures(creates),
+                **no_latencies(),
+                latency_key("wait_time"): figures(all_waits),
+                latency_key("use_time"): figures(all_uses),
+                latency_key("query_time"): figures(all_uses),
+                latency_key("create_time"): figures(creates),
+                "utilisation_mean": None,
+                "utilisation_max": None,
                 "interrupted": False,
+                "clients_started_s": 0.05,
+                "checkouts_per_client": fairness(per_client),
+                "stop_reason": "iterations",
+                "event_loop": "asyncio",
+                "signal": None,
+                "pool_state": counts(),
+                "server_sessions": {},
             },
         )
         return out.count

@@ -18,6 +18,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from loadsim.run.database import asyncpg_arguments
+from loadsim.schema import SCHEMA_VERSION
 from tests.conftest import (
     RunLoadsim,
     assert_server_gone,
@@ -77,7 +78,7 @@ def test_normal_reuses_a_few_connections(loadsim: RunLoadsim, database_url: str)
     events = run_events(loadsim, "normal", "--duration", "3s", "--database-url", database_url)
 
     assert events[0]["event"] == "run.start"
-    assert events[0]["schema_version"] == 1
+    assert events[0]["schema_version"] == SCHEMA_VERSION
     assert events[-1]["event"] == "run.end"
     for event in events:
         assert {"ts", "t", "event", "run_id", "scenario", "instance"} <= event.keys()

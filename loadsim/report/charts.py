@@ -779,7 +779,9 @@ def distribution_chart(data: ScenarioData, name_prefix: str) -> Chart:
         ]
     notes = []
     summary_per_client = (data.summary or {}).get("checkouts_per_client")
-    if isinstance(summary_per_client, dict) and "jain_index" in summary_per_client:
+    if isinstance(summary_per_client, dict) and isinstance(
+        summary_per_client.get("jain_index"), int | float
+    ):  # (null: no client got a checkout)
         notes.append(
             f"Fairness among clients: Jain index {summary_per_client['jain_index']:.3f} "
             f"(1 = perfectly even); {summary_per_client.get('starved_share', 0):.0%} of "
