@@ -290,10 +290,14 @@ def run(
             f"({result['metric']} = {_number(result['value'])})",
             file=sys.stderr,
         )
+    for failure in outcome.failures:  # an instance of a fleet that failed
+        print(f"loadsim: error: {failure}", file=sys.stderr)
     if outcome.interrupted_by == "SIGTERM":
         raise typer.Exit(143)
     if outcome.interrupted_by is not None:
         raise typer.Exit(130)
+    if outcome.failures:
+        raise typer.Exit(outcome.failures[0].exit_code)
     if failed:
         raise typer.Exit(1)
 
@@ -304,10 +308,11 @@ def instance() -> None:
     from loadsim.run.fleet import run_instance
     from loadsim.run.writer import EventWriter
 
-    orders = sys.stdin.buffer.read()
     sink = EventWriter([sys.stdout.buffer])
     try:
-        outcome = run_instance(orders, sink, lambda message: print(message, file=sys.stderr))
+        outcome = run_instance(
+            sys.stdin.buffer, sink, lambda message: print(message, file=sys.stderr)
+        )
     finally:
         sink.close()
     if outcome.interrupted_by is not None:

@@ -23,3 +23,13 @@ class EventLogError(LoadsimError):
     """A run log given to `report` or `compare` is not one loadsim can read."""
 
     exit_code = 2
+
+
+class InstanceFailed(LoadsimError):
+    """An instance of a fleet failed: it exited with a status we did not cause, or was killed.
+    The exit code is the instance's own when that says what went wrong (2: bad input, 3: the
+    database), else 1: the run completed, but something failed."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code

@@ -1,13 +1,19 @@
 """A fleet of application instances: N processes, each with its own engine and pool, as a
 fleet of app servers has, against one server.
 
-The parent starts the embedded server when there is no DATABASE_URL, checks that N x (pool_size
-+ max_overflow) fits the server's max_connections, then, for each scenario, starts N instance
-processes (`loadsim _instance`, given their resolved configuration on stdin) in sessions of
-their own, so that a terminal's Ctrl-C reaches the parent alone and is passed on exactly once.
-Each instance writes its events to a pipe; the parent writes them on, whole lines only, into
-one stream, and ends each scenario with `run.summary`: the instances' figures added up, their
-latency histograms merged, and a line per instance.
+The parent's lifecycle is a single run's (`Lifecycle`): it starts the embedded server when
+there is no DATABASE_URL, checks that N x (pool_size + max_overflow) fits the server's
+max_connections, then, for each scenario, starts N instance processes (`loadsim _instance`,
+given their resolved configuration on stdin) in sessions of their own, so that a terminal's
+Ctrl-C reaches the parent alone and is passed on exactly once. Each instance writes its events
+to a pipe; the parent writes them on, whole lines only, into one stream, and ends each
+scenario with `run.summary`: the instances' figures added up, their latency histograms
+merged, and a line per instance.
+
+An instance's stdin stays open while it runs: the parent closes it when its own output has
+closed, and the instance stops as a run whose output closed does. An instance that exits
+with a status the parent did not cause with a signal, or is killed, has failed: a
+`run.warning` names it, the summary lists it in `failed_instances`, and the run fails.
 """
 
 from __future__ import annotations
@@ -15,35 +21,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import pickle
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import IO, Any
 
 from sqlalchemy.engine import URL
 
 from loadsim.config.settings import RunConfig
-from loadsim.config.thresholds import evaluate
-from loadsim.errors import DatabaseUnavailable, LoadsimError
-from loadsim.run.database import EmbeddedPostgres, ServerObserver, server_info
+from loadsim.errors import DatabaseUnavailable, InstanceFailed
+from loadsim.run.database import ServerObserver, server_info
 from loadsim.run.engine import mask_url
 from loadsim.run.events import EventLog, EventSink, LogFormat
 from loadsim.run.histogram import merged_figures
-from loadsim.run.runner import (
-    RunOutcome,
-    capacity_warning,
-    new_run_id,
-    scenario_url,
-    start_server_if_needed,
-)
+from loadsim.run.lifecycle import Lifecycle, RunOutcome
 from loadsim.schema import ADDITIVE_FIGURES, EVENT_NAMES, LATENCY_NAMES
 
 INSTANCE_COMMAND = "_instance"
-#: Exit codes of an instance that was stopped by a signal, not one that failed.
-_STOPPED = {0, 1, 130, 143}
+#: How an instance may end once we passed it a signal: stopped by it (130, 143), finished
+#: first (0), or killed by it before it could handle it (at a second signal: SIGKILL).
+_STOPPED_BY_US = {0, 130, 143, -signal.SIGINT, -signal.SIGTERM, -signal.SIGKILL}
 
 
 @dataclass(frozen=True)
@@ -58,7 +57,12 @@ class InstanceOrders:
     loop: str
 
 
-class Fleet:
+class Fleet(Lifecycle):
+    """The scenarios run by instance processes, their events relayed into one stream. The
+    lifecycle around them is `Lifecycle`'s: a signal is passed on to the instances, and a
+    closed output is passed on by closing their stdin (they stop as a run whose output
+    closed does, and their summaries still come back for the table on stderr)."""
+
     def __init__(
         self,
         configs: Sequence[RunConfig],
@@ -69,77 +73,53 @@ class Fleet:
         kinds: frozenset[str] = EVENT_NAMES,
         loop: str = "auto",
     ) -> None:
-        self.configs = list(configs)
-        self.sink = sink
-        self.log_format = log_format
-        self.warn = warn
-        self.kinds = kinds
-        self.loop = loop
-        self.outcome = RunOutcome(run_id=new_run_id())
-        self._server: EmbeddedPostgres | None = None
+        super().__init__(configs, sink, log_format=log_format, warn=warn, kinds=kinds, loop=loop)
         self._children: list[asyncio.subprocess.Process] = []
-        self._signals = 0
 
-    def run(self) -> RunOutcome:
-        try:
-            asyncio.run(self._main())
-        finally:
-            self.sink.flush()
-            if self._server is not None:
-                self._server.stop()
-        return self.outcome
-
-    async def _main(self) -> None:
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, self._on_signal, signum)
-        self._server = await start_server_if_needed(self.configs, self.warn)
-        for config in self.configs:
-            if self.outcome.interrupted_by is not None:
-                break
-            await self._run_scenario(config, scenario_url(config, self._server))
-
-    def _on_signal(self, signum: int) -> None:
-        """Passes each signal on to the instances, once; at the second, stop everything now."""
-        self._signals += 1
-        if self.outcome.interrupted_by is None:
-            self.outcome.interrupted_by = signal.Signals(signum).name
+    def on_signal(self, signum: int, again: bool) -> None:
+        """Passes each signal on to the instances, once; at the second, kills them."""
         for child in self._children:
-            with contextlib.suppress(ProcessLookupError):
-                child.send_signal(signal.SIGKILL if self._signals > 1 else signum)
-        if self._signals > 1:
-            if self._server is not None:
-                self._server.stop(mode="immediate")
-            self.sink.close()  # everything sent is written before we go
-            os._exit(128 + signum)
+            _send_signal(child, signal.SIGKILL if again else signum)
 
-    async def _run_scenario(self, config: RunConfig, url: URL) -> None:
-        events = EventLog(
-            self.sink,
-            run_id=self.outcome.run_id,
-            scenario=config.scenario,
-            instance=None,
-            log_format=self.log_format,
-            kinds=self.kinds,
-        )
+    def on_output_closed(self) -> None:
+        for child in self._children:
+            _close_stdin(child)
+
+    def _pass_on_stop(self, child: asyncio.subprocess.Process) -> None:
+        """For an instance that started while the run was being stopped."""
+        if self.outcome.interrupted_by is not None:
+            _send_signal(child, signal.Signals[self.outcome.interrupted_by])
+        elif self.outcome.output_closed:
+            _close_stdin(child)
+
+    async def run_scenario(self, config: RunConfig, url: URL) -> None:
+        events = self.event_log(config, None)
         await self._check_capacity(config, url, events)
+        if self.stopping:
+            return  # stopped before any instance started
         database_url = url.render_as_string(hide_password=False)
         ends: dict[int, dict[str, Any]] = {}
         self._children = []
-        for instance in range(config.instances):
-            orders = InstanceOrders(
-                # (sources is a read-only view, which pickle cannot carry: a plain copy can)
-                config=replace(
-                    config, database_url=database_url, thresholds=(), sources=dict(config.sources)
-                ),
-                run_id=self.outcome.run_id,
-                instance=instance,
-                log_format=self.log_format,
-                kinds=self.kinds,
-                loop=self.loop,
-            )
-            self._children.append(await _start_instance(orders))
         try:
+            for instance in range(config.instances):
+                orders = InstanceOrders(
+                    # (sources is a read-only view, which pickle cannot carry: a plain copy can)
+                    config=replace(
+                        config,
+                        database_url=database_url,
+                        thresholds=(),
+                        sources=dict(config.sources),
+                    ),
+                    run_id=self.outcome.run_id,
+                    instance=instance,
+                    log_format=self.log_format,
+                    kinds=self.kinds,
+                    loop=self.loop,
+                )
+                child = await _start_instance(orders)
+                self._children.append(child)
+                if self.stopping:
+                    self._pass_on_stop(child)
             async with asyncio.TaskGroup() as group:
                 for instance, child in enumerate(self._children):
                     group.create_task(self._relay(instance, child, ends))
@@ -147,26 +127,29 @@ class Fleet:
             for child in self._children:
                 with contextlib.suppress(ProcessLookupError):
                     child.kill()
+                _close_stdin(child)
+        children, self._children = self._children, []
         failures = [
             (instance, child.returncode)
-            for instance, child in enumerate(self._children)
-            if child.returncode not in _STOPPED
+            for instance, child in enumerate(children)
+            if child.returncode is not None and not self._ended_well(child.returncode)
         ]
-        self._children = []
-        if failures and not ends:
-            instance, code = failures[0]
-            if code == DatabaseUnavailable.exit_code:
-                raise DatabaseUnavailable(f"instance {instance} could not use {mask_url(url)}")
-            raise LoadsimError(f"instance {instance} of {config.scenario!r} failed (exit {code})")
-        summary = aggregate([ends[instance] for instance in sorted(ends)])
-        results = evaluate(config.thresholds, summary)
-        for result in results:
-            events.emit("run.threshold", **result)
-        if results:
-            summary["thresholds"] = results
-        events.emit("run.summary", instances=config.instances, summary=summary)
-        events.flush()
-        self.outcome.summaries.append({"scenario": config.scenario, **summary})
+        for instance, code in failures:
+            message = f"instance {instance} of {config.scenario!r} {_how_it_ended(code, url)}"
+            self.warning(events, message, on_stderr=False)  # the CLI says it as an error
+        failure = _failure(config, url, failures)
+        if not ends:
+            if failure is not None:
+                raise failure  # nothing ran: the run cannot go on
+            return  # every instance stopped by our signal before it reported
+        summary = aggregate(ends, failures)
+        self.finish_scenario(config, events, "run.summary", summary, instances=config.instances)
+        if failure is not None:
+            self.outcome.failures.append(failure)
+
+    def _ended_well(self, code: int) -> bool:
+        """Finished, or stopped by a signal we passed on; anything else is a failure."""
+        return code == 0 or (self.outcome.interrupted_by is not None and code in _STOPPED_BY_US)
 
     async def _relay(
         self, instance: int, child: asyncio.subprocess.Process, ends: dict[int, dict[str, Any]]
@@ -190,10 +173,41 @@ class Fleet:
             info = await server_info(await observer.open())
         finally:
             await observer.close()
-        message = capacity_warning(config, info, config.instances)
-        if message is not None:
-            events.emit("run.warning", message=message)
-            self.warn(message)
+        self.warn_if_too_small(config, info, events, instances=config.instances)
+
+
+def _how_it_ended(code: int, url: URL) -> str:
+    if code < 0:
+        return f"was killed by {signal.Signals(-code).name}"
+    if code == DatabaseUnavailable.exit_code:
+        return f"could not use {mask_url(url)} (exit status {code})"
+    return f"failed (exit status {code})"
+
+
+def _failure(
+    config: RunConfig, url: URL, failures: Sequence[tuple[int, int]]
+) -> InstanceFailed | None:
+    """One error for a scenario's failed instances, with the exit code of the first that
+    said what went wrong (2: bad input, 3: the database), else 1."""
+    if not failures:
+        return None
+    said = [code for _, code in failures if code in (2, DatabaseUnavailable.exit_code)]
+    message = "; ".join(
+        f"instance {instance} of {config.scenario!r} {_how_it_ended(code, url)}"
+        for instance, code in failures
+    )
+    return InstanceFailed(message, exit_code=said[0] if said else 1)
+
+
+def _send_signal(child: asyncio.subprocess.Process, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        child.send_signal(signum)
+
+
+def _close_stdin(child: asyncio.subprocess.Process) -> None:
+    """The end of an instance's stdin tells it that the fleet's output has closed."""
+    if child.stdin is not None and not child.stdin.is_closing():
+        child.stdin.close()
 
 
 async def _start_instance(orders: InstanceOrders) -> asyncio.subprocess.Process:
@@ -210,9 +224,9 @@ async def _start_instance(orders: InstanceOrders) -> asyncio.subprocess.Process:
     )
     assert child.stdin is not None
     child.stdin.write(pickle.dumps(orders))
-    await child.stdin.drain()
-    child.stdin.close()
-    return child
+    with contextlib.suppress(ConnectionError):  # it died at once: its exit status says why
+        await child.stdin.drain()
+    return child  # its stdin stays open: see `on_output_closed`
 
 
 async def _forward_stderr(
@@ -227,9 +241,16 @@ async def _forward_stderr(
 _SUMMED = ("clients", *ADDITIVE_FIGURES)
 
 
-def aggregate(summaries: list[dict[str, Any]]) -> dict[str, Any]:
-    """The fleet's summary: counts and rates added up (`max_open` and `max_pending_requests`
-    are sums of each instance's peak: an upper bound), latencies from merged histograms."""
+def aggregate(
+    ends: Mapping[int, dict[str, Any]], failed: Sequence[tuple[int, int]] = ()
+) -> dict[str, Any]:
+    """The fleet's summary from the instances' `run.end` summaries, by instance: counts and
+    rates added up (`max_open` and `max_pending_requests` are sums of each instance's peak:
+    an upper bound), latencies from merged histograms. `failed`, (instance, exit status)
+    pairs, become `failed_instances`: a failed instance's figures are those it reported
+    before it failed, if any, never zeros in its name."""
+    numbers = sorted(ends)
+    summaries = [ends[instance] for instance in numbers]
     total: dict[str, Any] = {
         key: round(sum(summary.get(key) or 0 for summary in summaries), 3) for key in _SUMMED
     }
@@ -259,9 +280,12 @@ def aggregate(summaries: list[dict[str, Any]]) -> dict[str, Any]:
     )
     total["interrupted"] = any(summary.get("interrupted") for summary in summaries)
     total["instances"] = len(summaries)
+    total["failed_instances"] = [
+        {"instance": instance, "exit_status": code} for instance, code in failed
+    ]
     total["by_instance"] = [
         {
-            "instance": index,
+            "instance": instance,
             "checkouts": summary["checkouts"],
             "checkouts_per_s": summary["checkouts_per_s"],
             "wait_time_p95_ms": summary["wait_time_ms"].get("p95"),
@@ -269,16 +293,17 @@ def aggregate(summaries: list[dict[str, Any]]) -> dict[str, Any]:
             "errors": summary["errors"],
             "max_open": summary["max_open"],
         }
-        for index, summary in enumerate(summaries)
+        for instance, summary in zip(numbers, summaries, strict=True)
     ]
     return total
 
 
-def run_instance(payload: bytes, sink: EventSink, warn: Callable[[str], None]) -> RunOutcome:
-    """The instance side: run one scenario as instance K of a fleet."""
-    from loadsim.run.runner import Runner
+def run_instance(source: IO[bytes], sink: EventSink, warn: Callable[[str], None]) -> RunOutcome:
+    """The instance side: run one scenario as instance K of a fleet. Its orders come pickled
+    on `source` (stdin), which then stays open until the fleet's output closes."""
+    from loadsim.run.runner import Runner  # (the parent never needs the run's own modules)
 
-    orders: InstanceOrders = pickle.loads(payload)
+    orders: InstanceOrders = pickle.load(source)
     return Runner(
         [orders.config],
         sink,
@@ -288,4 +313,5 @@ def run_instance(payload: bytes, sink: EventSink, warn: Callable[[str], None]) -
         loop=orders.loop,
         run_id=orders.run_id,
         instance=orders.instance,
+        parent_fd=source.fileno(),
     ).run()
