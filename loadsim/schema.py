@@ -336,12 +336,23 @@ _BY_INSTANCE_FIELDS: tuple[Field, ...] = (
     _field("errors", "integer", "its errors", "count"),
     _field("max_open", "integer", "the most connections it had open", "count"),
 )
+_FAILED_INSTANCE_FIELDS: tuple[Field, ...] = (
+    _field("instance", "integer", "the instance"),
+    _field("exit_status", "integer", "its exit status (negative: killed by that signal)"),
+)
 #: `run.summary`'s summary: a fleet's instances together (counts added up; `max_open` and
 #: `max_pending_requests` are sums of each instance's peak, an upper bound; percentiles from
 #: the merged histograms).
 FLEET_SUMMARY_FIELDS: tuple[Field, ...] = (
     *_COMMON_SUMMARY,
     _field("instances", "integer", "how many instances ended with a summary", "count"),
+    _field(
+        "failed_instances",
+        "array",
+        "the instances that failed: exited with a status the fleet did not cause with a "
+        "signal, or were killed (their figures are only what they reported, if anything)",
+        each=_field("failed", "object", "one failed instance", keys=_FAILED_INSTANCE_FIELDS),
+    ),
     _field(
         "by_instance",
         "array",
