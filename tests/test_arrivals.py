@@ -9,8 +9,7 @@ import pytest
 
 from loadsim.config.scenario import Arrivals, Stage, parse_scenarios
 from loadsim.errors import ScenarioError
-from tests.conftest import RunLoadsim, write_scenarios
-from tests.test_run import run_events
+from tests.helpers import RunLoadsim, run_events, write_scenarios
 
 SCENARIOS = """
 [scenarios.steady]

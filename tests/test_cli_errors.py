@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import make_url
 
-from tests.conftest import REPOSITORY, RunLoadsim, write_scenarios
+from tests.helpers import REPOSITORY, RunLoadsim, write_scenarios
 
 SCENARIO_ERROR = 2
 DATABASE_UNAVAILABLE = 3

@@ -14,8 +14,7 @@ import re
 from collections import Counter
 from typing import Any
 
-from tests.conftest import RunLoadsim, parse_events
-from tests.test_run import by_name, run_events
+from tests.helpers import RunLoadsim, by_name, parse_events, run_events
 
 Event = dict[str, Any]
 

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 from loadsim.run.database import EmbeddedPostgres
-from tests.conftest import RunLoadsim, clean_environment, first_line, parse_events, write_scenarios
-from tests.test_run import by_name, sessions_left
+from tests.helpers import (
+    RunLoadsim,
+    by_name,
+    parse_events,
+    sessions_left,
+    start_loadsim,
+    wait_for_start,
+    write_scenarios,
+)
 
 
 def instance_processes() -> list[str]:
@@ -66,30 +71,19 @@ def test_instances_from_the_scenario_file(
 
 
 def test_ctrl_c_stops_every_instance(database_url: str, tmp_path: Path) -> None:
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "loadsim",
-            "run",
-            "saturation",
-            "--instances",
-            "2",
-            "--duration",
-            "60s",
-            "--database-url",
-            database_url,
-            "-q",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=clean_environment(),
+    process = start_loadsim(
+        "run",
+        "saturation",
+        "--instances",
+        "2",
+        "--duration",
+        "60s",
+        "--database-url",
+        database_url,
+        "-q",
         cwd=tmp_path,
     )
-    assert process.stdout is not None
-    first = first_line(process)
-    assert json.loads(first)["event"] == "run.start"
+    first = wait_for_start(process)
     time.sleep(2)
     process.send_signal(signal.SIGINT)
     rest, stderr = process.communicate(timeout=60)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPOSITORY, clean_environment
+from tests.helpers import REPOSITORY, clean_environment
 
 #: Heavy libraries that only `loadsim run` (and, for matplotlib, report and compare) needs.
 RUN_SIDE = ("sqlalchemy", "asyncpg", "structlog", "hdrh", "loadsim.run")

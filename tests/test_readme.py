@@ -7,7 +7,7 @@ from pathlib import Path
 
 from loadsim.config.scenario import load_scenarios, parse_scenarios
 from loadsim.config.settings import ENVIRONMENT_VARIABLES
-from tests.conftest import REPOSITORY
+from tests.helpers import REPOSITORY
 
 README = (REPOSITORY / "README.md").read_text(encoding="utf-8")
 

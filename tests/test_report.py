@@ -24,7 +24,7 @@ import pytest
 from loadsim.report import Report, build_report
 from loadsim.report import aggregate as aggregate_module
 from loadsim.report.reader import LogSource
-from tests.conftest import clean_environment
+from tests.helpers import clean_environment
 
 Event = dict[str, Any]
 CHROMIUM_NAMES = ("chromium", "chromium-browser")

@@ -1,32 +1,19 @@
 """`loadsim run` end to end, as a subprocess against a real PostgreSQL: the event stream shows
-what the pool did."""
+what the pool did, what the server refused, and what the flags, the environment and .env chose."""
 
 from __future__ import annotations
 
-import asyncio
-import json
-import signal
-import subprocess
-import sys
-import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
-import asyncpg
-import pytest
-from sqlalchemy.engine import make_url
-
-from loadsim.run.database import asyncpg_arguments
+from loadsim.run.database import EmbeddedPostgres
 from loadsim.schema import SCHEMA_VERSION
-from tests.conftest import (
+from tests.helpers import (
     RunLoadsim,
-    assert_server_gone,
-    clean_environment,
-    embedded_server_processes,
-    first_line,
+    by_name,
     parse_events,
-    server_directories_of,
+    run_events,
+    sessions_left,
     write_scenarios,
 )
 
@@ -37,41 +24,6 @@ POOL_EVENT_COUNTS = (
     "overflow",
     "pending_requests",
 )
-
-
-def run_events(loadsim: RunLoadsim, *arguments: str, **options: Any) -> list[dict[str, Any]]:
-    result = loadsim("run", *arguments, **options)
-    assert result.returncode == 0, result.stderr
-    assert "Traceback" not in result.stderr
-    return parse_events(result.stdout)
-
-
-def by_name(events: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
-    return [event for event in events if event["event"] == name]
-
-
-def sessions_left(database_url: str, run_id: str) -> int:
-    """Sessions of the run `run_id` (any instance) still on the server, waiting up to two
-    seconds for backends whose clients have just disconnected to finish exiting."""
-
-    async def count() -> int:
-        connection = await asyncpg.connect(**asyncpg_arguments(make_url(database_url)))
-        try:
-            for _ in range(20):
-                left: int = await connection.fetchval(
-                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1"
-                    " OR application_name LIKE $2",
-                    f"loadsim:{run_id}",
-                    f"loadsim:{run_id}/%",
-                )
-                if left == 0:
-                    break
-                await asyncio.sleep(0.1)
-            return left
-        finally:
-            await connection.close()
-
-    return asyncio.run(count())
 
 
 def test_normal_reuses_a_few_connections(loadsim: RunLoadsim, database_url: str) -> None:
@@ -128,7 +80,7 @@ def test_overflow_connections_are_closed_when_returned(
         duration = "3s"
         pool = { pool_size = 2, max_overflow = 2 }
         workload = { hold = "30ms", think = "exp(5ms)" }
-        """.replace("\n        ", "\n"),
+        """,
     )
     events = run_events(loadsim, "busy", "--file", str(file), "--database-url", database_url)
 
@@ -154,7 +106,7 @@ def test_pool_timeout_is_recorded_and_the_run_goes_on(
         duration = "2s"
         pool = { pool_size = 1, max_overflow = 0, pool_timeout = "300ms" }
         workload = { hold = "1s" }
-        """.replace("\n        ", "\n"),
+        """,
     )
     events = run_events(loadsim, "dry", "--file", str(file), "--database-url", database_url)
 
@@ -170,6 +122,36 @@ def test_pool_timeout_is_recorded_and_the_run_goes_on(
     assert len(by_name(events, "client.released")) >= 2  # clients went on after timing out
 
 
+def test_too_many_clients_mid_run_is_recorded_and_the_run_goes_on(
+    loadsim: RunLoadsim, tmp_path: Path
+) -> None:
+    """A server with max_connections = 8: our observer connections take two, the pool may
+    open fifteen. PostgreSQL refuses the rest ("too many clients already", 53300)."""
+    file = write_scenarios(
+        tmp_path,
+        "[scenarios.crowd]\n"
+        "clients = 15\n"
+        'duration = "3s"\n'
+        "pool = { pool_size = 5, max_overflow = 10 }\n"
+        'workload = { hold = "300ms" }\n',
+    )
+    with EmbeddedPostgres(max_connections=8) as server:
+        url = server.url.render_as_string(hide_password=False)
+        result = loadsim("run", "crowd", "--file", str(file), "--database-url", url)
+    assert result.returncode == 0, result.stderr
+    assert "max_connections >= instances x (pool_size + max_overflow) + 20" in result.stderr
+    events = parse_events(result.stdout)
+    refused = [e for e in by_name(events, "client.error") if e["phase"] == "connect"]
+    assert refused, "no connection was refused"
+    assert all(e["error"] == "TooManyConnectionsError" for e in refused)
+    assert all("too many clients" in e["message"] for e in refused)
+    assert all(e["sqlstate"] == "53300" for e in refused)
+    summary = events[-1]["summary"]
+    assert summary["errors"] == len(by_name(events, "client.error"))
+    assert summary["checkouts"] > 0  # the run carried on with the connections it had
+    assert by_name(events, "run.warning")
+
+
 def test_log_level_warning_keeps_only_problems(
     loadsim: RunLoadsim, database_url: str, tmp_path: Path
 ) -> None:
@@ -181,7 +163,7 @@ def test_log_level_warning_keeps_only_problems(
         iterations = 1
         pool = { pool_size = 1, max_overflow = 0, pool_timeout = "200ms" }
         workload = { hold = "600ms" }
-        """.replace("\n        ", "\n"),
+        """,
     )
     events = run_events(
         loadsim,
@@ -207,7 +189,7 @@ def test_null_pool_opens_a_connection_per_checkout(
         iterations = 5
         pool = { pool_class = "null" }
         workload = { hold = "1ms" }
-        """.replace("\n        ", "\n"),
+        """,
     )
     events = run_events(loadsim, "unpooled", "--file", str(file), "--database-url", database_url)
 
@@ -279,82 +261,6 @@ def test_ten_thousand_clients_in_one_process(loadsim: RunLoadsim, database_url: 
     assert fairness["min"] == 0
     assert 0 < fairness["jain_index"] < 1
     assert max(event["oldest_wait_ms"] for event in by_name(events, "monitor.stats")) > 1000
-
-
-def test_console_format_is_for_people(loadsim: RunLoadsim, database_url: str) -> None:
-    result = loadsim(
-        "run",
-        "normal",
-        "--iterations",
-        "2",
-        "--log-format",
-        "console",
-        "--database-url",
-        database_url,
-    )
-    assert result.returncode == 0, result.stderr
-    assert "pool.checkout" in result.stdout
-    with pytest.raises(json.JSONDecodeError):
-        json.loads(result.stdout.splitlines()[0])
-
-
-def test_embedded_server_is_started_and_stopped(tmp_path: Path) -> None:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "loadsim", "run", "normal", "--iterations", "3"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=clean_environment(),
-        cwd=tmp_path,
-    )
-    assert process.stdout is not None
-    first = first_line(process)
-    (directory,) = server_directories_of(process.pid)
-    assert any(str(directory) in line for line in embedded_server_processes())
-    rest, stderr = process.communicate(timeout=120)
-    assert process.returncode == 0, stderr
-    events = parse_events(first + rest)
-    assert events[0]["database"] == "embedded"
-    assert events[0]["server_version"].startswith("18")
-    assert events[-1]["summary"]["checkouts"] == 9
-    assert_server_gone(directory)
-
-
-def test_ctrl_c_ends_the_run_cleanly(tmp_path: Path) -> None:
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "loadsim",
-            "run",
-            "normal",
-            "--clients",
-            "2000",
-            "--duration",
-            "60s",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=clean_environment(),
-        cwd=tmp_path,
-    )
-    assert process.stdout is not None
-    first = first_line(process)  # run.start: the server is up and clients are starting
-    assert json.loads(first)["event"] == "run.start"
-    (directory,) = server_directories_of(process.pid)
-    time.sleep(1)
-    process.send_signal(signal.SIGINT)
-    stopped = time.monotonic()
-    rest, stderr = process.communicate(timeout=30)
-    assert time.monotonic() - stopped < 10
-    assert process.returncode == 130, stderr
-    assert "Traceback" not in stderr
-    events = parse_events(first + rest)
-    assert events[-1]["event"] == "run.end"
-    assert events[-1]["summary"]["interrupted"] is True
-    assert events[-1]["summary"]["signal"] == "SIGINT"
-    assert_server_gone(directory)
 
 
 def test_events_flag_filters_the_stream_but_not_the_metrics(

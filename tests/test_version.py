@@ -6,7 +6,7 @@ from importlib.metadata import version
 
 import pytest
 
-from tests.conftest import RunLoadsim
+from tests.helpers import RunLoadsim
 
 
 @pytest.mark.parametrize("flag", ["--version", "-V"])

@@ -1,0 +1,362 @@
+"""What the tests share: plain functions, classes and constants. Fixtures live in conftest.py.
+
+Running the real command, as a subprocess, in a clean environment (no variable loadsim reads):
+
+- `run_loadsim(*arguments, cwd=...)`: a finished run (the `loadsim` fixture is this, in the
+  test's own temporary directory); `run_events(loadsim, ...)`: `loadsim run ...`'s events.
+- `start_loadsim(*arguments, cwd=...)`: a running process, to signal, read or kill;
+  `wait_for_start(process)` reads up to its first event, run.start.
+
+Reading what it wrote: `parse_events` (every line JSON, every event as schema.py declares it),
+`by_name`. The server: `sessions_left`, and the embedded servers loadsim starts
+(`server_directories_of`, `embedded_server_processes`, `assert_server_gone`).
+
+In process: `CapturingSink`, the events an `EventLog` emits kept as dicts, for tests of the
+pool monitor and the clients against a real engine.
+
+Recorded logs for the report tests: `RECORDED_RUNS` (what `tests/data/record.py` records)
+and `unpack_recorded_logs`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from sqlalchemy.engine import make_url
+
+from loadsim.config.settings import ENVIRONMENT_VARIABLES
+from loadsim.run.database import asyncpg_arguments
+from loadsim.run.events import EventHandover, EventLog, EventSink
+from loadsim.schema import event_problems
+
+REPOSITORY = Path(__file__).resolve().parent.parent
+#: Logs recorded by `tests/data/record.py`, for the report tests.
+DATA = Path(__file__).resolve().parent / "data"
+
+Event = dict[str, Any]
+
+
+# ---------------------------------------------------------------- running loadsim
+
+
+def clean_environment(**extra: str) -> dict[str, str]:
+    """The process environment without any variable loadsim reads, plus `extra`."""
+    environment = {
+        key: value for key, value in os.environ.items() if key not in ENVIRONMENT_VARIABLES
+    }
+    environment.update(extra)
+    return environment
+
+
+def loadsim_command(*arguments: str) -> list[str]:
+    """`python -m loadsim ARGS`, with this interpreter."""
+    return [sys.executable, "-m", "loadsim", *arguments]
+
+
+def run_loadsim(
+    *arguments: str,
+    cwd: Path,
+    env: Mapping[str, str] | None = None,
+    timeout: float = 120,
+    stdin: bytes | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Runs `loadsim ARGS` to the end in `cwd` (a directory of the test's own: no stray
+    .env), in a clean environment plus `env`; `stdin` is what it reads (nothing otherwise).
+    Its output comes back as text."""
+    completed = subprocess.run(
+        loadsim_command(*arguments),
+        capture_output=True,
+        env=clean_environment(**(env or {})),
+        cwd=cwd,
+        timeout=timeout,
+        input=stdin,
+        stdin=subprocess.DEVNULL if stdin is None else None,
+    )
+    return subprocess.CompletedProcess(
+        completed.args, completed.returncode, _text(completed.stdout), _text(completed.stderr)
+    )
+
+
+def _text(output: bytes) -> str:
+    """Output as text mode would read it: UTF-8, universal newlines."""
+    return output.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
+
+
+#: The `loadsim` fixture: `run_loadsim` in the test's temporary directory (`cwd` to change it).
+RunLoadsim = Callable[..., subprocess.CompletedProcess[str]]
+
+
+def start_loadsim(
+    *arguments: str,
+    cwd: Path,
+    env: Mapping[str, str] | None = None,
+    stderr: Any = subprocess.PIPE,
+    text: bool = True,
+    **options: Any,
+) -> subprocess.Popen[Any]:
+    """Starts `loadsim ARGS` in `cwd`, in a clean environment plus `env`, and leaves it
+    running: stdout (and stderr, unless given) are pipes, stdin reads nothing. `options` go
+    to `subprocess.Popen` (`start_new_session`, ...)."""
+    return subprocess.Popen(
+        loadsim_command(*arguments),
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        stdin=subprocess.DEVNULL,
+        text=text,
+        env=clean_environment(**(env or {})),
+        cwd=cwd,
+        **options,
+    )
+
+
+def first_line(process: subprocess.Popen[str]) -> str:
+    """The first line of a running process's stdout, read without reading past it, so that
+    `communicate()` later returns everything after it (a buffered `readline()` may take
+    more of the stream than one line, and `communicate()` would never see that part)."""
+    assert process.stdout is not None
+    line = b""
+    while not line.endswith(b"\n"):
+        byte = os.read(process.stdout.fileno(), 1)
+        if not byte:
+            break
+        line += byte
+    return line.decode()
+
+
+def wait_for_start(process: subprocess.Popen[str]) -> str:
+    """Reads up to the first event, run.start: by then the server is up and clients go."""
+    first = first_line(process)
+    assert json.loads(first)["event"] == "run.start", first
+    return first
+
+
+def run_events(loadsim: RunLoadsim, *arguments: str, **options: Any) -> list[Event]:
+    """The events of `loadsim run ARGS`, which must succeed without a traceback."""
+    result = loadsim("run", *arguments, **options)
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    return parse_events(result.stdout)
+
+
+def write_scenarios(directory: Path, text: str, name: str = "scenarios.toml") -> Path:
+    """Writes a scenario file into `directory`; `text` may be indented as the test is (its
+    common indentation is removed)."""
+    path = directory / name
+    path.write_text(textwrap.dedent(text), encoding="utf-8")
+    return path
+
+
+# ------------------------------------------------------------------ reading events
+
+
+def parse_events(stdout: str) -> list[Event]:
+    """Every line of a run's stdout as JSON; fails the test on any line that is not, or that
+    is not an event as `loadsim/schema.py` declares it (an unknown name, a field it does not
+    declare, a declared field missing or of another type)."""
+    events = []
+    for number, line in enumerate(stdout.splitlines(), start=1):
+        try:
+            event = json.loads(line)
+        except json.JSONDecodeError:
+            pytest.fail(f"stdout line {number} is not JSON: {line[:200]!r}")
+        problems = event_problems(event)
+        if problems:
+            pytest.fail(
+                f"stdout line {number} does not match loadsim/schema.py: {'; '.join(problems)}"
+            )
+        events.append(event)
+    return events
+
+
+def by_name(events: list[Event], name: str) -> list[Event]:
+    return [event for event in events if event["event"] == name]
+
+
+# ---------------------------------------------------------------------- the server
+
+
+def sessions_left(database_url: str, run_id: str) -> int:
+    """Sessions of the run `run_id` (any instance) still on the server, waiting up to two
+    seconds for backends whose clients have just disconnected to finish exiting."""
+
+    async def count() -> int:
+        connection = await asyncpg.connect(**asyncpg_arguments(make_url(database_url)))
+        try:
+            for _ in range(20):
+                left: int = await connection.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1"
+                    " OR application_name LIKE $2",
+                    f"loadsim:{run_id}",
+                    f"loadsim:{run_id}/%",
+                )
+                if left == 0:
+                    break
+                await asyncio.sleep(0.1)
+            return left
+        finally:
+            await connection.close()
+
+    return asyncio.run(count())
+
+
+def embedded_server_processes() -> list[str]:
+    """Command lines of every embedded PostgreSQL process loadsim started on this machine."""
+    listing = subprocess.run(["ps", "-ww", "-eo", "args"], capture_output=True, text=True).stdout
+    return [line for line in listing.splitlines() if "loadsim-pg-" in line]
+
+
+def server_directories_of(pid: int) -> list[Path]:
+    """The embedded servers' directories that the loadsim process `pid` owns."""
+    found = []
+    for directory in Path(tempfile.gettempdir()).glob("loadsim-pg-*"):
+        try:
+            if (directory / "owner.pid").read_text() == str(pid):
+                found.append(directory)
+        except OSError:
+            continue
+    return found
+
+
+def assert_server_gone(directory: Path) -> None:
+    """The embedded server that lived in `directory` is stopped and its files deleted."""
+    assert not directory.exists(), f"{directory} is still there"
+    assert not [line for line in embedded_server_processes() if str(directory) in line]
+
+
+# ------------------------------------------------------------------------ in process
+
+
+class CapturingSink(EventSink):
+    """A sink for an `EventLog` that keeps every event it is handed as a dict, unrendered:
+    `{"t": seconds since the log started, "event": name, **envelope, **fields}`.
+
+    For tests that drive the run side in this process (a `PoolMonitor` on a real engine, a
+    client): `log = CapturingSink().log()`, then read `log.sink.events` or `named(...)`.
+    """
+
+    def __init__(self) -> None:
+        super().__init__([])
+        self.events: list[Event] = []
+
+    def writer_for(self, log: EventLog) -> EventHandover:
+        identity = log.identity
+        envelope = {
+            "run_id": identity.run_id,
+            "scenario": identity.scenario,
+            "instance": identity.instance,
+        }
+        events = self.events
+
+        def hand_over(elapsed: float, event: str, fields: Mapping[str, Any]) -> None:
+            events.append({"t": elapsed, "event": event, **envelope, **fields})
+
+        return hand_over
+
+    def named(self, name: str) -> list[Event]:
+        """The events called `name`, in order."""
+        return by_name(self.events, name)
+
+    def names(self) -> list[str]:
+        return [event["event"] for event in self.events]
+
+    def log(self, *, run_id: str = "test", scenario: str = "test", **options: Any) -> EventLog:
+        """An `EventLog` writing here (`options` as `EventLog` takes them: `level`, `kinds`)."""
+        return EventLog(self, run_id=run_id, scenario=scenario, **options)
+
+
+# ------------------------------------------------------------------- recorded logs
+
+
+#: A scenario file for the pooled / unpooled log: the shipped scenarios' pools and query,
+#: with fixed iterations so the log stays small (>1000 pooled checkouts, >100 unpooled, as
+#: the report's tests of its bar cap need) and a monitor snapshot every 100 ms of a short run.
+POOLED_SCENARIOS = """\
+[scenarios.pooled]
+description = "Short queries through a pool of 10 connections, opened once"
+clients = 20
+iterations = 55
+pool = { pool_size = 10, max_overflow = 0 }
+workload = { query = "SELECT 1" }
+monitor = { interval = "100ms" }
+
+[scenarios.unpooled]
+description = "The same short queries with NullPool: a new connection, and a new backend, for each"
+clients = 20
+iterations = 8
+pool = { pool_class = "null" }
+workload = { query = "SELECT 1" }
+monitor = { interval = "100ms" }
+"""
+
+
+@dataclass(frozen=True)
+class RecordedRun:
+    """One log checked in under tests/data (as NAME.jsonl.gz), and how it is recorded."""
+
+    name: str
+    arguments: tuple[str, ...]  # of `loadsim run`
+    scenario_file: str | None = None  # written as scenarios.toml, passed as --file
+
+    def record(
+        self, directory: Path, database_url: str | None = None, timeout: float = 180
+    ) -> Path:
+        """Runs it in `directory` (against `database_url`, or loadsim's own embedded
+        server) and returns the log, NAME.jsonl."""
+        arguments = list(self.arguments)
+        if self.scenario_file is not None:
+            file = write_scenarios(directory, self.scenario_file, name=f"{self.name}.toml")
+            arguments += ["--file", str(file)]
+        if database_url is not None:
+            arguments += ["--database-url", database_url]
+        log = directory / f"{self.name}.jsonl"
+        result = run_loadsim(
+            "run", *arguments, "--output", str(log), "-q", cwd=directory, timeout=timeout
+        )
+        assert result.returncode == 0, result.stderr
+        return log
+
+
+RECORDED_RUNS = (
+    RecordedRun("saturation", ("saturation", "exhaustion", "--duration", "2s")),
+    RecordedRun("pooled", ("pooled", "unpooled"), POOLED_SCENARIOS),
+    RecordedRun("instances", ("saturation", "--instances", "2", "--duration", "2s")),
+)
+
+
+@dataclass(frozen=True)
+class RecordedLogs:
+    """The checked-in logs, unpacked: each a JSONL file as `loadsim run --output` wrote it."""
+
+    directory: Path
+    saturation: Path  # saturation then exhaustion, 2 s each
+    pooled: Path  # pooled (1100 checkouts) then unpooled (160)
+    instances: Path  # saturation in two application instances, 2 s
+
+
+def unpack_recorded_logs(directory: Path) -> RecordedLogs:
+    """The logs of tests/data, decompressed into `directory`."""
+    paths = {}
+    for run in RECORDED_RUNS:
+        packed = DATA / f"{run.name}.jsonl.gz"
+        paths[run.name] = directory / f"{run.name}.jsonl"
+        paths[run.name].write_bytes(gzip.decompress(packed.read_bytes()))
+    return RecordedLogs(directory, **paths)
+
+
+def read_log(path: Path) -> list[Event]:
+    """Every event of a log file, in order."""
+    with path.open(encoding="utf-8") as lines:
+        return [json.loads(line) for line in lines]
