@@ -797,6 +797,7 @@ LEVELS = ("debug", "info", "warning", "error")
 # ------------------------------------------------------------------- older versions
 
 #: Fields renamed in the version after each key: version → event → old name → new name.
+#: (A version-1 `client.timeout` read this way has no `overflow`: version 1 did not count it.)
 FIELD_RENAMES: Mapping[int, Mapping[str, Mapping[str, str]]] = MappingProxyType(
     {
         1: {
