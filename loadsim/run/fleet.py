@@ -176,9 +176,9 @@ class Fleet(Lifecycle):
         self.warn_if_too_small(config, info, events, instances=config.instances)
 
 
-def _how_it_ended(code: int, url: URL) -> str:
+def _how_it_ended(code: int, url: URL, several: bool = False) -> str:
     if code < 0:
-        return f"was killed by {signal.Signals(-code).name}"
+        return f"{'were' if several else 'was'} killed by {signal.Signals(-code).name}"
     if code == DatabaseUnavailable.exit_code:
         return f"could not use {mask_url(url)} (exit status {code})"
     return f"failed (exit status {code})"
@@ -192,11 +192,21 @@ def _failure(
     if not failures:
         return None
     said = [code for _, code in failures if code in (2, DatabaseUnavailable.exit_code)]
+    alike: dict[int, list[str]] = {}  # instances that ended alike are said once
+    for instance, code in failures:
+        alike.setdefault(code, []).append(str(instance))
     message = "; ".join(
-        f"instance {instance} of {config.scenario!r} {_how_it_ended(code, url)}"
-        for instance, code in failures
+        f"{_instances(numbers)} of {config.scenario!r} "
+        f"{_how_it_ended(code, url, several=len(numbers) > 1)}"
+        for code, numbers in alike.items()
     )
     return InstanceFailed(message, exit_code=said[0] if said else 1)
+
+
+def _instances(numbers: list[str]) -> str:
+    if len(numbers) == 1:
+        return f"instance {numbers[0]}"
+    return f"instances {', '.join(numbers[:-1])} and {numbers[-1]}"
 
 
 def _send_signal(child: asyncio.subprocess.Process, signum: int) -> None:
