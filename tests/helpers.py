@@ -14,8 +14,9 @@ Reading what it wrote: `parse_events` (every line JSON, every event as schema.py
 In process: `CapturingSink`, the events an `EventLog` emits kept as dicts, for tests of the
 pool monitor and the clients against a real engine.
 
-Recorded logs for the report tests: `RECORDED_RUNS` (what `tests/data/record.py` records)
-and `unpack_recorded_logs`.
+Recorded logs for the report tests: `RECORDED_RUNS` (what `tests/data/record.py` records),
+`unpack_recorded_logs` (the `recorded` fixture), and reading them: `events_of`, `first_lines`,
+`charts_of` (a report's chart data).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import textwrap
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import pytest
@@ -41,6 +42,9 @@ from loadsim.config.settings import ENVIRONMENT_VARIABLES
 from loadsim.run.database import asyncpg_arguments
 from loadsim.run.events import EventHandover, EventLog, EventSink
 from loadsim.schema import event_problems
+
+if TYPE_CHECKING:
+    from loadsim.report import Report
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 #: Logs recorded by `tests/data/record.py`, for the report tests.
@@ -356,7 +360,26 @@ def unpack_recorded_logs(directory: Path) -> RecordedLogs:
     return RecordedLogs(directory, **paths)
 
 
-def read_log(path: Path) -> list[Event]:
-    """Every event of a log file, in order."""
+def events_of(path: Path) -> dict[str, list[Event]]:
+    """The events of a log file, by scenario, each scenario's in order."""
+    by_scenario: dict[str, list[Event]] = {}
     with path.open(encoding="utf-8") as lines:
-        return [json.loads(line) for line in lines]
+        for line in lines:
+            event = json.loads(line)
+            by_scenario.setdefault(event["scenario"], []).append(event)
+    return by_scenario
+
+
+def first_lines(path: Path, count: int) -> list[str]:
+    """The start of a log: a run cut short (no run.end), quick to draw."""
+    return path.read_text(encoding="utf-8").splitlines(keepends=True)[:count]
+
+
+def charts_of(report: Report, scenario: str) -> dict[str, dict[str, Any]]:
+    """The data of each chart of a scenario, by kind (timeline, pool, distribution, latency)."""
+    for data, charts in report.scenarios:
+        if data.scenario == scenario:
+            return {
+                chart.name.rsplit("-", 1)[1].removesuffix(".png"): chart.data for chart in charts
+            }
+    raise AssertionError(f"no scenario {scenario} in the report")
