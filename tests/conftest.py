@@ -9,14 +9,29 @@ from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import Iterator, Mapping
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
 
 import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
 
+from loadsim.config.scenario import MonitorSettings, PoolConfig
 from loadsim.report import Report, build_report
 from loadsim.run.database import EmbeddedPostgres
-from tests.helpers import REPOSITORY, RecordedLogs, RunLoadsim, run_loadsim, unpack_recorded_logs
+from loadsim.run.engine import create_engine, parse_database_url
+from loadsim.run.metrics import RunMetrics
+from loadsim.run.monitor import PoolMonitor
+from tests.helpers import (
+    REPOSITORY,
+    CapturingSink,
+    Monitored,
+    RecordedLogs,
+    RunLoadsim,
+    run_loadsim,
+    unpack_recorded_logs,
+)
 
 
 @pytest.fixture(scope="session")
@@ -45,6 +60,34 @@ def loadsim(tmp_path: Path) -> RunLoadsim:
         return run_loadsim(*arguments, cwd=cwd or tmp_path, env=env, timeout=timeout, stdin=stdin)
 
     return run
+
+
+# ------------------------------------------------------------------------ in process
+
+
+@pytest.fixture
+async def monitored(database_url: str) -> AsyncIterator[Monitored]:
+    """Monitored engines on the test server, made from pool settings (and monitor settings,
+    and the number of clients the metrics count): each engine's `PoolMonitor`, attached, and
+    the `CapturingSink` its events go to. The engines are disposed of afterwards."""
+    engines: list[AsyncEngine] = []
+
+    def make(
+        pool: PoolConfig, settings: MonitorSettings | None = None, clients: int = 2
+    ) -> tuple[PoolMonitor, CapturingSink]:
+        engine = create_engine(
+            parse_database_url(database_url), pool, f"loadsim-test:{uuid.uuid4().hex[:8]}"
+        )
+        engines.append(engine)
+        sink = CapturingSink()
+        metrics = RunMetrics(clients=clients, capacity=pool.capacity, started=time.perf_counter())
+        monitor = PoolMonitor(engine, sink.log(), metrics, settings)
+        monitor.attach()
+        return monitor, sink
+
+    yield make
+    for engine in engines:
+        await engine.dispose()
 
 
 # --------------------------------------------------------------- the report's logs

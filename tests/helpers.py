@@ -12,7 +12,7 @@ Reading what it wrote: `parse_events` (every line JSON, every event as schema.py
 (`server_directories_of`, `embedded_server_processes`, `assert_server_gone`).
 
 In process: `CapturingSink`, the events an `EventLog` emits kept as dicts, for tests of the
-pool monitor and the clients against a real engine.
+pool monitor and the clients against a real engine (the `monitored` fixture gives both).
 
 Recorded logs for the report tests: `RECORDED_RUNS` (what `tests/data/record.py` records),
 `unpack_recorded_logs` (the `recorded` fixture), and reading them: `events_of`, `first_lines`,
@@ -45,6 +45,7 @@ from loadsim.schema import event_problems
 
 if TYPE_CHECKING:
     from loadsim.report import Report
+    from loadsim.run.monitor import PoolMonitor
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 #: Logs recorded by `tests/data/record.py`, for the report tests.
@@ -279,6 +280,11 @@ class CapturingSink(EventSink):
     def log(self, *, run_id: str = "test", scenario: str = "test", **options: Any) -> EventLog:
         """An `EventLog` writing here (`options` as `EventLog` takes them: `level`, `kinds`)."""
         return EventLog(self, run_id=run_id, scenario=scenario, **options)
+
+
+#: The `monitored` fixture: `monitored(PoolConfig(...))` is a new engine's attached
+#: `PoolMonitor` (its engine `.engine`, its metrics `.metrics`) and the sink of its events.
+Monitored = Callable[..., "tuple[PoolMonitor, CapturingSink]"]
 
 
 # ------------------------------------------------------------------- recorded logs
