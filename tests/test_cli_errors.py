@@ -171,10 +171,12 @@ def test_missing_scenario_file(loadsim: RunLoadsim) -> None:
 
 
 def test_unparseable_database_url(loadsim: RunLoadsim) -> None:
+    """Said, not repeated: in a URL that cannot be parsed, nobody knows where a password is."""
     result = loadsim("run", "--database-url", "not a url", timeout=30)
-    assert_user_error(
-        result, SCENARIO_ERROR, "'not a url'", "postgresql://user:password@host:port/database"
+    line = assert_user_error(
+        result, SCENARIO_ERROR, "cannot parse", "postgresql://user:password@host:port/database"
     )
+    assert "not a url" not in line
 
 
 def test_unsupported_database_driver(loadsim: RunLoadsim) -> None:

@@ -1,4 +1,5 @@
-"""Builds the `AsyncEngine` for a run from its pool settings."""
+"""Builds the `AsyncEngine` for a run from its pool settings, and SQLAlchemy's URL from a parsed
+database URL (`config.urls` parses; nothing here reads URL text)."""
 
 from __future__ import annotations
 
@@ -6,17 +7,14 @@ import logging
 import sys
 from typing import Any
 
-from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import AsyncAdaptedQueuePool, NullPool
 
 from loadsim.config.scenario import PoolConfig
-from loadsim.config.urls import mask_url_text
-from loadsim.errors import ScenarioError
+from loadsim.config.urls import DatabaseUrl, parse_url
 
 _RESET_ON_RETURN: dict[str, str | None] = {"rollback": "rollback", "commit": "commit", "none": None}
-_ACCEPTED_SCHEMES = ("postgresql", "postgres", "postgresql+asyncpg")
 
 
 def application_name(run_id: str, instance: int | None = None) -> str:
@@ -26,24 +24,57 @@ def application_name(run_id: str, instance: int | None = None) -> str:
 
 
 def parse_database_url(raw: str) -> URL:
-    """A user's URL, made to drive asyncpg; a bad or unsupported URL is a ScenarioError."""
-    try:
-        url = make_url(raw)
-    except (ArgumentError, ValueError):
-        raise ScenarioError(
-            f"cannot parse database URL {mask_url_text(raw)!r}: expected "
-            "postgresql://user:password@host:port/database"
-        ) from None
-    if url.drivername not in _ACCEPTED_SCHEMES:
-        raise ScenarioError(
-            f"unsupported database URL scheme {url.drivername!r}: loadsim drives PostgreSQL "
-            "through asyncpg; use postgresql://, postgres:// or postgresql+asyncpg://"
-        )
-    return url.set(drivername="postgresql+asyncpg")
+    """A user's URL, made to drive asyncpg; a bad or unsupported URL is a ScenarioError.
+    The text is parsed once, by `config.urls`; SQLAlchemy's URL is built from the parts."""
+    return to_sqlalchemy(parse_url(raw))
+
+
+def to_sqlalchemy(parsed: DatabaseUrl) -> URL:
+    query: dict[str, str] = {}
+    if parsed.socket_directory is not None:
+        query["host"] = parsed.socket_directory
+    if parsed.ssl is not None:
+        query["ssl"] = parsed.ssl
+    if parsed.prepared_statement_cache_size is not None:
+        query["prepared_statement_cache_size"] = str(parsed.prepared_statement_cache_size)
+    return URL.create(
+        "postgresql+asyncpg",
+        username=parsed.username,
+        password=parsed.password,
+        host=parsed.host if parsed.socket_directory is None else None,
+        port=parsed.port,
+        database=parsed.database,
+        query=query,
+    )
+
+
+def from_sqlalchemy(url: URL) -> DatabaseUrl:
+    """The parts of a SQLAlchemy URL (one made by `to_sqlalchemy`, or the embedded server's)."""
+    host = url.query.get("host") or url.host
+    ssl = url.query.get("ssl")
+    size = url.query.get("prepared_statement_cache_size")
+    return DatabaseUrl(
+        scheme=url.drivername,
+        username=url.username,
+        password=url.password or None,
+        host=host if isinstance(host, str) or host is None else host[0],
+        port=url.port,
+        database=url.database,
+        ssl=ssl if isinstance(ssl, str) else None,
+        prepared_statement_cache_size=int(size) if isinstance(size, str) else None,
+    )
 
 
 def mask_url(url: URL) -> str:
-    return mask_url_text(url.render_as_string(hide_password=True))
+    """The URL as it may be shown to a person: rendered from its parts, password `***`."""
+    return from_sqlalchemy(url).render()
+
+
+def render_url(url: URL) -> str:
+    """The URL as text with its password, for a child process that parses it again with
+    `parse_database_url` (SQLAlchemy's own rendering writes spaces as '+', which libpq's rules
+    read as '+'). Never for a person."""
+    return from_sqlalchemy(url).render(hide_password=False)
 
 
 def create_engine(
