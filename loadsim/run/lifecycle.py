@@ -243,8 +243,8 @@ async def start_server_if_needed(
     largest = max(config.instances * config.most_connections for config in configs)
     server = EmbeddedPostgres(max_connections=max(100, largest + EMBEDDED_HEADROOM))
     await asyncio.to_thread(server.start)
-    for directory in server.reaped:
-        warn(f"stopped an embedded PostgreSQL abandoned by an earlier run ({directory})")
+    for message in server.reaper_warnings:  # abandoned servers stopped, or left alone
+        warn(message)
     return server
 
 
