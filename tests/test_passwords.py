@@ -9,6 +9,7 @@ a leak, even of a piece of the password."""
 from __future__ import annotations
 
 import contextlib
+import shutil
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -241,3 +242,20 @@ def test_fuzzed_passwords_never_reach_the_event_stream(
         events = parse_events(run.stdout)
         assert events[0]["event"] == "run.start"
         assert ":***@" in events[0]["database"]
+
+
+def test_a_fleet_hands_its_instances_a_url_they_read_back(loadsim: RunLoadsim) -> None:
+    """A fleet passes the URL to its instances as text: rendered by the same rules it is
+    parsed by, so a socket directory holding a space and a '+' survives (SQLAlchemy's own
+    rendering writes the space as '+', which libpq's rules read as a '+')."""
+    temporary = Path(tempfile.mkdtemp(prefix="loadsim a+b "))
+    try:
+        temporary.chmod(0o711)  # the server account's way to its own directory inside
+        run = loadsim(
+            "run", "normal", "--iterations", "2", "--instances", "2", env={"TMPDIR": str(temporary)}
+        )
+        assert run.returncode == 0, run.stderr
+        events = parse_events(run.stdout)
+        assert {event["instance"] for event in events if event["event"] == "run.end"} == {0, 1}
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)

@@ -33,7 +33,7 @@ from sqlalchemy.engine import URL
 from loadsim.config.settings import RunConfig
 from loadsim.errors import DatabaseUnavailable, InstanceFailed
 from loadsim.run.database import ServerObserver, server_info
-from loadsim.run.engine import mask_url
+from loadsim.run.engine import mask_url, render_url
 from loadsim.run.events import EventLog, EventSink, LogFormat
 from loadsim.run.histogram import merged_figures
 from loadsim.run.lifecycle import Lifecycle, RunOutcome
@@ -97,7 +97,7 @@ class Fleet(Lifecycle):
         await self._check_capacity(config, url, events)
         if self.stopping:
             return  # stopped before any instance started
-        database_url = url.render_as_string(hide_password=False)
+        database_url = render_url(url)  # what parse_database_url reads back exactly
         ends: dict[int, dict[str, Any]] = {}
         self._children = []
         try:
