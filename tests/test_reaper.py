@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 
 from loadsim.run.database import EMBEDDED_SYSTEM_USER, EmbeddedPostgres
+from tests.helpers import run_loadsim
 
 NOBODY = 65534
 ROOT = os.geteuid() == 0
@@ -32,9 +33,10 @@ as_root = pytest.mark.skipif(not ROOT, reason="the planted directories need root
 
 
 @pytest.fixture
-def temporary() -> Iterator[Path]:
+def temporary(tmp_path: Path) -> Iterator[Path]:
     """A temporary directory for loadsim's server directories, seen by no other test or run
-    (mkdtemp's, made traversable for the server account: the servers' own are 0700)."""
+    (mkdtemp's, made traversable for the server account: the servers' own are 0700). Set
+    as tempfile's after pytest has made its own temporary directories (`tmp_path`)."""
     directory = Path(tempfile.mkdtemp(prefix="loadsim-reaper-test-"))
     directory.chmod(0o711)
     saved, tempfile.tempdir = tempfile.tempdir, str(directory)
@@ -261,3 +263,25 @@ def test_the_start_reports_what_it_left_alone(
     assert running(sleeper.pid)
     assert planted.exists()
     sleeper.send_signal(signal.SIGTERM)
+
+
+def test_a_run_warns_about_what_it_left_alone_and_runs(
+    temporary: Path, processes: list[subprocess.Popen[bytes]], tmp_path: Path
+) -> None:
+    """The real command, with the planted directory in its TMPDIR: one warning line on
+    stderr, the run itself as usual, the planted process and files untouched."""
+    sleeper = subprocess.Popen(["sleep", "60"])
+    processes.append(sleeper)
+    planted = plant(temporary, "sleeper", postmaster_pid=sleeper.pid)
+    before = snapshot(planted)
+    started = time.monotonic()
+    result = run_loadsim(
+        "run", "normal", "--iterations", "1", cwd=tmp_path, env={"TMPDIR": str(temporary)}
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    (warning,) = [line for line in result.stderr.splitlines() if str(planted) in line]
+    assert f"left {planted} alone" in warning and f"process {sleeper.pid}" in warning
+    assert time.monotonic() - started < 30
+    assert running(sleeper.pid)
+    assert snapshot(planted) == before
