@@ -91,6 +91,7 @@ def plant(
     directory = temporary / f"loadsim-pg-{name}"
     (directory / "data").mkdir(parents=True)
     (directory / "owner.pid").write_text(str(finished_pid()))
+    (directory / "data" / "PG_VERSION").write_text("18\n")  # what pg_ctl takes for a cluster
     if postmaster_pid is not None:
         pid_file = directory / "data" / "postmaster.pid"
         pid_file.write_text(f"{postmaster_pid}\n{directory / 'data'}\n1700000000\n5432\n")
@@ -137,7 +138,7 @@ def test_a_data_directory_linked_to_another_cluster_is_left_alone(temporary: Pat
     with EmbeddedPostgres() as other:  # another cluster, running (its owner, us, is alive)
         postmaster = int((other.data_directory / "postmaster.pid").read_text().split()[0])
         planted = plant(temporary, "linked")
-        (planted / "data").rmdir()
+        shutil.rmtree(planted / "data")
         (planted / "data").symlink_to(other.data_directory)
         before = snapshot(planted)
         server = reap()
