@@ -248,6 +248,7 @@ class CapturingSink(EventSink):
     """A sink for an `EventLog` that keeps every event it is handed as a dict, unrendered:
     `{"t": seconds since the log started, "event": name, **envelope, **fields}`.
 
+    Each event is checked against `loadsim/schema.py`, as `parse_events` checks a stream.
     For tests that drive the run side in this process (a `PoolMonitor` on a real engine, a
     client): `log = CapturingSink().log()`, then read `log.sink.events` or `named(...)`.
     """
@@ -266,7 +267,11 @@ class CapturingSink(EventSink):
         events = self.events
 
         def hand_over(elapsed: float, event: str, fields: Mapping[str, Any]) -> None:
-            events.append({"t": elapsed, "event": event, **envelope, **fields})
+            captured = {"t": elapsed, "event": event, **envelope, **fields}
+            problems = event_problems({"ts": "(not rendered)", **captured})
+            if problems:
+                pytest.fail(f"{event} does not match loadsim/schema.py: {'; '.join(problems)}")
+            events.append(captured)
 
         return hand_over
 

@@ -19,9 +19,18 @@ from tests.helpers import (
 )
 
 
-def instance_processes() -> list[str]:
-    listing = subprocess.run(["ps", "-ww", "-eo", "args"], capture_output=True, text=True).stdout
-    return [line for line in listing.splitlines() if "loadsim _instance" in line]
+def instances_of(parent: int) -> list[int]:
+    """The pids of the fleet instances that the loadsim process `parent` started (not those
+    of any other test's fleet running on the machine)."""
+    listing = subprocess.run(
+        ["ps", "-ww", "-eo", "pid=,ppid=,args="], capture_output=True, text=True
+    ).stdout
+    found = []
+    for line in listing.splitlines():
+        pid, ppid, arguments = line.split(None, 2)
+        if int(ppid) == parent and "loadsim _instance" in arguments:
+            found.append(int(pid))
+    return found
 
 
 def test_instances_merge_into_one_stream(loadsim: RunLoadsim, database_url: str) -> None:
@@ -85,6 +94,8 @@ def test_ctrl_c_stops_every_instance(database_url: str, tmp_path: Path) -> None:
     )
     first = wait_for_start(process)
     time.sleep(2)
+    instances = instances_of(process.pid)
+    assert len(instances) == 2
     process.send_signal(signal.SIGINT)
     rest, stderr = process.communicate(timeout=60)
     assert process.returncode == 130, stderr
@@ -93,7 +104,7 @@ def test_ctrl_c_stops_every_instance(database_url: str, tmp_path: Path) -> None:
     assert len(ends) == 2
     assert all(end["summary"]["interrupted"] for end in ends)
     assert events[-1]["event"] == "run.summary"
-    assert not instance_processes()
+    assert not [pid for pid in instances if Path(f"/proc/{pid}").exists()]
     assert sessions_left(database_url, events[0]["run_id"]) == 0
 
 

@@ -259,3 +259,53 @@ def test_a_fleet_hands_its_instances_a_url_they_read_back(loadsim: RunLoadsim) -
         assert {event["instance"] for event in events if event["event"] == "run.end"} == {0, 1}
     finally:
         shutil.rmtree(temporary, ignore_errors=True)
+
+
+# A successful run with a password: the stream, the output file, the console log, show, and
+# SQLAlchemy's own pool log.
+RUN_SECRET = "s3cret-Pa55word"
+
+
+def test_no_password_appears_anywhere(
+    loadsim: RunLoadsim, database_url: str, tmp_path: Path
+) -> None:
+    with_secret = (
+        make_url(database_url).set(password=RUN_SECRET).render_as_string(hide_password=False)
+    )
+    output = tmp_path / "run.jsonl"
+    run = loadsim(
+        "run",
+        "normal",
+        "--iterations",
+        "2",
+        "--database-url",
+        with_secret,
+        "--output",
+        str(output),
+        "--log-format",
+        "json",
+    )
+    assert run.returncode == 0, run.stderr
+    console = loadsim(
+        "run",
+        "normal",
+        "--iterations",
+        "1",
+        "--log-format",
+        "console",
+        env={"DATABASE_URL": with_secret},
+    )
+    show = loadsim("show", "normal", "--database-url", with_secret)
+    echo = loadsim(
+        "run",
+        "normal",
+        "--iterations",
+        "1",
+        env={"DATABASE_URL": with_secret, "ECHO_POOL": "debug"},
+    )
+    for result in (run, console, show, echo):
+        assert result.returncode == 0, result.stderr
+        assert RUN_SECRET not in result.stdout
+        assert RUN_SECRET not in result.stderr
+    assert RUN_SECRET not in output.read_text()
+    assert "***" in show.stdout

@@ -17,14 +17,6 @@ from tests.helpers import (
     write_scenarios,
 )
 
-POOL_EVENT_COUNTS = (
-    "connections_total",
-    "connections_used",
-    "connections_idle",
-    "overflow",
-    "pending_requests",
-)
-
 
 def test_normal_reuses_a_few_connections(loadsim: RunLoadsim, database_url: str) -> None:
     events = run_events(loadsim, "normal", "--duration", "3s", "--database-url", database_url)
