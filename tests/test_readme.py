@@ -38,3 +38,14 @@ def test_the_two_commands_are_the_ones_ci_runs() -> None:
     test_command = re.search(r"Run the tests.*?```sh\n(.*?)\n```", README, flags=re.DOTALL)
     assert test_command is not None
     assert test_command.group(1) in ci
+
+
+def test_the_layout_table_lists_every_module() -> None:
+    layout = README.split("## Layout", 1)[1].split("\n## ", 1)[0]
+    listed = set(re.findall(r"^\| (?:\*\*)?`(loadsim/[a-z_/]+\.py)`", layout, flags=re.MULTILINE))
+    modules = {
+        str(path.relative_to(REPOSITORY))
+        for path in (REPOSITORY / "loadsim").rglob("*.py")
+        if path.name not in ("__init__.py", "__main__.py")
+    }
+    assert listed == modules
