@@ -27,6 +27,7 @@ from typing import IO, Any
 
 import orjson
 
+from loadsim.run.metrics import fairness  # the summary's checkouts_per_client, as a run has it
 from loadsim.schema import (
     COUNTER_FIELDS,
     ENVELOPE,
@@ -75,19 +76,6 @@ def figures(values: list[float]) -> dict[str, float]:
         result[key] = round(ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))], 3)
     result["max"] = round(ordered[-1], 3)
     return result
-
-
-def fairness(per_client: list[int]) -> dict[str, Any]:
-    """The summary's checkouts_per_client, as loadsim computes it."""
-    counts = sorted(per_client)
-    total, squares = sum(counts), sum(count * count for count in counts)
-    return {
-        "min": counts[0],
-        "median": counts[len(counts) // 2],
-        "max": counts[-1],
-        "starved_share": round(sum(1 for count in counts if count == 0) / len(counts), 4),
-        "jain_index": round(total * total / (len(counts) * squares), 4) if squares else None,
-    }
 
 
 def no_latencies() -> dict[str, dict[str, float]]:
