@@ -1,4 +1,5 @@
-"""Configuration precedence: flag > environment (.env) > scenario > preset > default."""
+"""Configuration precedence: flag > environment (.env) > --preset > scenario > the scenario's
+preset > default."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from loadsim.config.scenario import PoolConfig, ScenarioFile, parse_scenarios
+import loadsim
+from loadsim.config.scenario import PoolConfig, ScenarioFile, load_scenarios, parse_scenarios
 from loadsim.config.settings import (
     ENVIRONMENT_VARIABLES,
     Flags,
@@ -111,26 +113,45 @@ def test_each_setting_records_its_own_source(scenarios: ScenarioFile) -> None:
     assert config.sources["hold"] == "default"
 
 
-def test_preset_flag_replaces_the_scenarios_own_preset(scenarios: ScenarioFile) -> None:
+def test_preset_flag_outranks_the_scenarios_own_preset(scenarios: ScenarioFile) -> None:
     config = resolve_named(scenarios, "preset_only", flags=Flags(preset="big"))
     assert config.pool.pool_size == 50
-    assert config.sources["pool_size"] == "preset big"
-    # Nothing is inherited from the scenario's own preset "small" (max_overflow 7, 45s).
-    assert config.pool.max_overflow == PoolConfig().max_overflow
-    assert config.pool.pool_timeout == PoolConfig().pool_timeout
-    assert config.sources["max_overflow"] == "default"
+    assert config.sources["pool_size"] == "preset big (--preset)"
+    # What "big" does not set still comes from the scenario's own preset "small".
+    assert (config.pool.max_overflow, config.pool.pool_timeout) == (7, 45.0)
+    assert config.sources["max_overflow"] == "preset small"
 
 
-def test_preset_flag_stays_below_the_scenarios_pool_table(scenarios: ScenarioFile) -> None:
+def test_preset_flag_outranks_the_scenarios_pool_table(scenarios: ScenarioFile) -> None:
+    # The user's explicit choice on the command line: `layered` sets pool_size = 3 itself.
     config = resolve_named(scenarios, "layered", flags=Flags(preset="big"))
-    assert config.pool.pool_size == 3
-    assert config.sources["pool_size"] == "scenario"
+    assert config.pool.pool_size == 50
+    assert config.sources["pool_size"] == "preset big (--preset)"
+    assert config.sources["max_overflow"] == "preset small"
+
+
+def test_preset_flag_stays_below_flags_and_environment(scenarios: ScenarioFile) -> None:
+    flagged = resolve_named(scenarios, "layered", flags=Flags(preset="big", pool_size=8))
+    assert (flagged.pool.pool_size, flagged.sources["pool_size"]) == (8, "flag")
+    environment = resolve_named(scenarios, "layered", {"POOL_SIZE": "4"}, Flags(preset="big"))
+    assert (environment.pool.pool_size, environment.sources["pool_size"]) == (4, "environment")
 
 
 def test_preset_flag_applies_to_a_scenario_without_a_preset(scenarios: ScenarioFile) -> None:
     config = resolve_named(scenarios, "plain", flags=Flags(preset="small"))
     assert (config.pool.pool_size, config.pool.max_overflow) == (2, 7)
-    assert config.sources["pool_size"] == "preset small"
+    assert config.sources["pool_size"] == "preset small (--preset)"
+
+
+def test_preset_flag_changes_a_shipped_scenario() -> None:
+    """`--preset aggressive` on `exhaustion` (pool 5 + 5, 1 s in its own [pool]) is what the
+    README's `compare conservative.jsonl moderate.jsonl aggressive.jsonl` relies on."""
+    shipped = load_scenarios(Path(loadsim.__file__).parent / "scenarios.toml")
+    config = resolve(shipped, shipped.get("exhaustion"), {}, Flags(preset="aggressive"))
+    aggressive = shipped.presets["aggressive"]
+    assert config.pool.pool_size == aggressive["pool_size"]
+    assert config.pool.max_overflow == aggressive["max_overflow"]
+    assert config.sources["pool_timeout"] == "preset aggressive (--preset)"
 
 
 def test_unknown_preset_flag_is_named(scenarios: ScenarioFile) -> None:

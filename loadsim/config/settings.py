@@ -1,6 +1,7 @@
-"""Configuration precedence, and only that: flag > environment (and .env) > scenario > preset >
-built-in default. The result is one frozen `RunConfig` per scenario, resolved before anything
-connects, that records where each value came from."""
+"""Configuration precedence, and only that: flag > environment (and .env) > a preset named by
+`--preset` > scenario > the scenario's own preset > built-in default. The result is one frozen
+`RunConfig` per scenario, resolved before anything connects, that records where each value
+came from."""
 
 from __future__ import annotations
 
@@ -134,8 +135,8 @@ class RunConfig:
         in_flight = self.arrivals.max_in_flight if self.arrivals is not None else 0
         return self.total_clients + in_flight
 
-    #: setting name → where its value came from ("flag", "environment", "scenario",
-    #: "preset NAME", "default").
+    #: setting name → where its value came from ("flag", "environment",
+    #: "preset NAME (--preset)", "scenario", "preset NAME", "default").
     sources: Mapping[str, str]
 
 
@@ -144,11 +145,14 @@ def resolve(
 ) -> RunConfig:
     sources: dict[str, str] = {}
 
-    preset_name = flags.preset if flags.preset is not None else scenario.preset
-    preset: Mapping[str, Any] = {}
-    if preset_name is not None:
-        wanted_by = "--preset" if flags.preset is not None else f"scenario {scenario.name!r}"
-        preset = scenarios.preset(preset_name, wanted_by=wanted_by)
+    # A preset named on the command line is the user's explicit choice: it outranks the
+    # scenario's own pool values. The scenario's own preset stays beneath them.
+    flag_preset: Mapping[str, Any] = {}
+    if flags.preset is not None:
+        flag_preset = scenarios.preset(flags.preset, wanted_by="--preset")
+    scenario_preset: Mapping[str, Any] = {}
+    if scenario.preset is not None:
+        scenario_preset = scenarios.preset(scenario.preset, wanted_by=f"scenario {scenario.name!r}")
 
     pool_values: dict[str, Any] = {}
     environment_pool = _pool_from_environment(environment)
@@ -160,10 +164,12 @@ def resolve(
             sources[key] = FLAG
         elif key in environment_pool:
             pool_values[key], sources[key] = environment_pool[key], ENVIRONMENT
+        elif key in flag_preset:
+            pool_values[key], sources[key] = flag_preset[key], f"preset {flags.preset} (--preset)"
         elif key in scenario.pool:
             pool_values[key], sources[key] = scenario.pool[key], "scenario"
-        elif key in preset:
-            pool_values[key], sources[key] = preset[key], f"preset {preset_name}"
+        elif key in scenario_preset:
+            pool_values[key], sources[key] = scenario_preset[key], f"preset {scenario.preset}"
         else:
             sources[key] = DEFAULT
     pool = PoolConfig(**pool_values)
