@@ -1,63 +1,157 @@
-"""`loadsim show`: a scenario's resolved configuration, as text for people."""
+"""`loadsim show`: a scenario's resolved configuration, as text for people.
+
+Every value `RunConfig` holds is printed, with where it came from: the pool's and the main
+workload's settings and the run's own (`sources`), then the monitor, the faults, an open
+workload's arrivals and every client group, key by key (`monitor.leak_threshold`,
+`groups.forgetful.hold`). Those last can only come from the scenario or the built-in
+defaults: a value equal to the default says `default`, any other `scenario`.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict
+import math
+from dataclasses import fields
 from typing import Any
 
-from loadsim.config.scenario import format_duration
-from loadsim.config.settings import RunConfig
+from loadsim.config.scenario import (
+    Arrivals,
+    ClientGroup,
+    Distribution,
+    Faults,
+    MonitorSettings,
+    format_duration,
+)
+from loadsim.config.settings import DEFAULT, RunConfig
 from loadsim.config.urls import mask_url_text
 
+_SCENARIO = "scenario"
+#: Settings in seconds, shown as durations (a negative pool_recycle is "off").
+_DURATIONS = frozenset(
+    {
+        "pool_timeout",
+        "pool_recycle",
+        "duration",
+        "ramp_up",
+        "start",
+        "interval",
+        "leak_threshold",
+        "leak_reclaim",
+        "restart",
+        "terminate",
+        "idle_session_timeout",
+        "idle_in_transaction_session_timeout",
+    }
+)
 
-def _describe_faults(config: RunConfig) -> str | None:
-    faults = config.faults
-    parts = [f"restart at {format_duration(at)}" for at in faults.restart]
-    parts += [
-        f"terminate {faults.terminate_which} at {format_duration(at)}" for at in faults.terminate
+
+def _duration(seconds: float) -> str:
+    return "forever" if math.isinf(seconds) else format_duration(seconds)
+
+
+def _shown(key: str, value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, Distribution):
+        return "forever" if value.kind == "fixed" and math.isinf(value.a) else str(value)
+    if key == "pool_recycle" and isinstance(value, float) and value < 0:
+        return "off (-1)"
+    if key in _DURATIONS and isinstance(value, tuple):
+        return ", ".join(_duration(item) for item in value) or "-"
+    if key in _DURATIONS and isinstance(value, int | float) and not isinstance(value, bool):
+        return _duration(float(value))
+    return str(value)
+
+
+Row = tuple[str, str, str | None]  # key, value as shown, source
+
+
+def _dataclass_rows(prefix: str, value: Any, default: Any | None) -> list[Row]:
+    """One row per field of a dataclass; its source from a comparison with the default
+    (None: every value is the scenario's own)."""
+    rows: list[Row] = []
+    for spec in fields(value):
+        item = getattr(value, spec.name)
+        if default is None:
+            source = _SCENARIO
+        else:
+            source = DEFAULT if item == getattr(default, spec.name) else _SCENARIO
+        rows.append((f"{prefix}{spec.name}", _shown(spec.name, item), source))
+    return rows
+
+
+def _arrivals_rows(arrivals: Arrivals | None) -> list[Row]:
+    if arrivals is None:
+        return [("arrivals", "- (closed workload)", DEFAULT)]
+    rows: list[Row] = []
+    for spec in fields(arrivals):
+        if spec.name != "stages":
+            rows.append(
+                (
+                    f"arrivals.{spec.name}",
+                    _shown(spec.name, getattr(arrivals, spec.name)),
+                    _SCENARIO,
+                )
+            )
+    if not arrivals.stages:
+        rows.append(("arrivals.stages", "- (a constant rate)", DEFAULT))
+    for index, stage in enumerate(arrivals.stages):
+        shown = f"duration {_duration(stage.duration)}, target {stage.target:g}/s"
+        rows.append((f"arrivals.stages[{index}]", shown, _SCENARIO))
+    return rows
+
+
+def _group_rows(groups: tuple[ClientGroup, ...]) -> list[Row]:
+    if not groups:
+        return [("groups", "-", DEFAULT)]
+    rows: list[Row] = []
+    for group in groups:
+        default = ClientGroup(name=group.name)
+        rows.extend(
+            (key, shown, _SCENARIO if key.endswith(".name") else source)
+            for key, shown, source in _dataclass_rows(f"groups.{group.name}.", group, default)
+        )
+    return rows
+
+
+def show_rows(config: RunConfig) -> list[Row]:
+    """Every resolved value: its key, how it is shown, and where it came from."""
+    sources = config.sources
+    rows: list[Row] = [
+        ("scenario", config.scenario, None),
+        ("description", config.description, None),
+        (
+            "database_url",
+            mask_url_text(config.database_url) if config.database_url else "(embedded PostgreSQL)",
+            sources.get("database_url"),
+        ),
     ]
-    parts += [f"{name} {value}ms" for name, value in faults.session_settings().items()]
-    return ", ".join(parts) or None
+    for owner in (config.pool, config.workload):
+        rows.extend(
+            (spec.name, _shown(spec.name, getattr(owner, spec.name)), sources.get(spec.name))
+            for spec in fields(owner)
+        )
+    rows += [
+        ("instances", _shown("instances", config.instances), sources.get("instances")),
+        ("seed", _shown("seed", config.seed), sources.get("seed")),
+        ("log_level", config.log_level, sources.get("log_level")),
+        (
+            "thresholds",
+            ", ".join(threshold.expression for threshold in config.thresholds) or "-",
+            None,  # the scenario's, and any --threshold's
+        ),
+    ]
+    rows += _dataclass_rows("monitor.", config.monitor, MonitorSettings())
+    rows += _dataclass_rows("faults.", config.faults, Faults())
+    rows += _arrivals_rows(config.arrivals)
+    rows += _group_rows(config.groups)
+    return rows
 
 
 def format_show(config: RunConfig) -> str:
     """`loadsim show`: every resolved setting, its value, and where the value came from."""
-    values: dict[str, Any] = {
-        "scenario": config.scenario,
-        "description": config.description,
-        "database_url": (
-            mask_url_text(config.database_url) if config.database_url else "(embedded PostgreSQL)"
-        ),
-        **asdict(config.pool),
-        **{key: value for key, value in asdict(config.workload).items()},
-        "hold": str(config.workload.hold),
-        "think": str(config.workload.think),
-        "instances": config.instances,
-        "seed": config.seed,
-        "log_level": config.log_level,
-        "thresholds": ", ".join(threshold.expression for threshold in config.thresholds) or None,
-        "groups": ", ".join(
-            f"{group.name} ({group.clients} {group.behaviour})" for group in config.groups
-        )
-        or None,
-        "arrivals": (
-            f"{config.arrivals.rate:g}/s {config.arrivals.distribution}, "
-            f"{len(config.arrivals.stages)} stages, max_in_flight {config.arrivals.max_in_flight}"
-            if config.arrivals is not None
-            else None
-        ),
-        "faults": _describe_faults(config),
-    }
-    for key in ("pool_timeout", "pool_recycle", "duration", "ramp_up"):
-        value = values.get(key)
-        if isinstance(value, float) and value >= 0:
-            values[key] = format_duration(value)
-    if config.pool.pool_recycle < 0:
-        values["pool_recycle"] = "off (-1)"
-    width = max(len(key) for key in values)
-    lines = []
-    for key, value in values.items():
-        source = config.sources.get(key)
-        shown = "-" if value is None else str(value)
-        lines.append(f"{key:<{width}}  {shown}" + (f"  ({source})" if source else ""))
-    return "\n".join(lines)
+    rows = show_rows(config)
+    width = max(len(key) for key, _, _ in rows)
+    return "\n".join(
+        f"{key:<{width}}  {shown}" + (f"  ({source})" if source else "")
+        for key, shown, source in rows
+    )
