@@ -348,6 +348,7 @@ RECORDED_RUNS = (
     RecordedRun("saturation", ("saturation", "exhaustion", "--duration", "2s")),
     RecordedRun("pooled", ("pooled", "unpooled"), POOLED_SCENARIOS),
     RecordedRun("instances", ("saturation", "--instances", "2", "--duration", "2s")),
+    RecordedRun("exhaustion", ("exhaustion",)),
 )
 
 
@@ -359,6 +360,7 @@ class RecordedLogs:
     saturation: Path  # saturation then exhaustion, 2 s each
     pooled: Path  # pooled (1100 checkouts) then unpooled (160)
     instances: Path  # saturation in two application instances, 2 s
+    exhaustion: Path  # the shipped exhaustion, 10 s: the pool stalled, 5 clients waiting
 
 
 def unpack_recorded_logs(directory: Path) -> RecordedLogs:

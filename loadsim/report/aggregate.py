@@ -171,7 +171,12 @@ class ScenarioData:
     still_held: int = 0  # checkouts not returned when the log ends
     _open_bars: dict[int, tuple[float, int]] = field(default_factory=dict)  # lane → start
     _open_per_instance: Counter[int] = field(default_factory=Counter)  # connections open
-    _pending: dict[int, int] = field(default_factory=dict)  # instance → clients waiting
+    #: instance → clients waiting, as the last pool event or snapshot said (used for an
+    #: instance whose log has no client.waiting events)
+    _pending: dict[int, int] = field(default_factory=dict)
+    #: instance → client → when it began waiting: the waits under way (instances whose log
+    #: has client.waiting events)
+    _waits: dict[int, dict[int, float]] = field(default_factory=dict)
 
     #: the name shown in charts and on the page, unique among the runs of a report
     display: str = ""
@@ -276,6 +281,7 @@ class Folder:
             "pool.detach": self._detach,
             "pool.invalidate": self._invalidate,
             "pool.soft_invalidate": self._soft_invalidate,
+            "client.waiting": self._waiting,
             "client.acquired": self._acquired,
             "client.released": self._released,
             "client.timeout": self._timeout,
@@ -365,25 +371,37 @@ class Folder:
         carry are SQLAlchemy's, taken inside its listeners, and some are taken before the
         pool accounts for the event (a checkin still counts its connection in use, an
         overflow close its connection open, a dispose drains the queue while "in use"
-        rises); only `pending_requests`, which loadsim counts itself, is used as it is.
+        rises). Clients waiting are the waits under way (see `_waiting`); only where the log
+        has no client.waiting events is the `pending_requests` a pool event carries used.
         With several instances, these are the fleet's sums."""
         instance = event.get("instance") or 0
         pending = event.get("pending_requests")
-        if isinstance(pending, int):
+        if isinstance(pending, int) and instance not in data._waits:
             data._pending[instance] = pending
+        Folder._add_counts(data, t)
+
+    @staticmethod
+    def _add_counts(data: ScenarioData, t: float) -> None:
+        """A point of the pool's counts over time, as they are now."""
         pool_size = data.pool_config.get("pool_size")
         overflow = 0
         if data.pool_config.get("pool_class", "queue") != "null" and isinstance(pool_size, int):
             for opened in data._open_per_instance.values():
                 if opened > pool_size:
                     overflow += opened - pool_size
-        data.pool.add(
-            t,
-            len(data._open_bars),
-            len(data.lanes.open),
-            overflow,
-            sum(data._pending.values()),
-        )
+        waiting = sum(data._pending.values())
+        for waits in data._waits.values():
+            waiting += len(waits)
+        data.pool.add(t, len(data._open_bars), len(data.lanes.open), overflow, waiting)
+
+    @staticmethod
+    def _wait_ended(data: ScenarioData, event: Event, t: float) -> None:
+        """A client stopped waiting (it got a connection, timed out, or failed to connect)."""
+        instance = event.get("instance") or 0
+        waits = data._waits.get(instance)
+        client = event.get("client")
+        if waits is not None and client is not None and waits.pop(int(client), None) is not None:
+            Folder._add_counts(data, t)
 
     @staticmethod
     def _lane(data: ScenarioData, event: Event, t: float, create: bool) -> int | None:
@@ -483,7 +501,24 @@ class Folder:
     def _cancelled(self, data: ScenarioData, event: Event, t: float) -> None:
         self._mark(data, event, t, "cancelled")
 
+    def _waiting(self, data: ScenarioData, event: Event, t: float) -> None:
+        """A client asked the pool for a connection: it waits until its client.acquired,
+        client.timeout or client.error (a connect error), or until a snapshot counts fewer
+        waiting than are under way here (a client cancelled while it waited, as when the
+        run stops, writes no event)."""
+        instance = event.get("instance") or 0
+        client = event.get("client")
+        if client is None:
+            return
+        waits = data._waits.get(instance)
+        if waits is None:  # from now on, this instance's waits are counted from its events
+            waits = data._waits[instance] = {}
+            data._pending.pop(instance, None)
+        waits[int(client)] = t
+        self._add_counts(data, t)
+
     def _acquired(self, data: ScenarioData, event: Event, t: float) -> None:
+        self._wait_ended(data, event, t)
         wait = event.get("wait_ms")
         if wait is None:
             return
@@ -501,18 +536,27 @@ class Folder:
             data.use_ms.add(held)
 
     def _timeout(self, data: ScenarioData, event: Event, t: float) -> None:
+        self._wait_ended(data, event, t)
+        instance = event.get("instance") or 0
+        pending = event.get("pending_requests")
+        if isinstance(pending, int) and instance not in data._waits:
+            data._pending[instance] = pending
+            self._add_counts(data, t)
         data.timeouts.append(t)
         stats = self._client(data, event)
         if stats is not None:
             stats.timeouts += 1
 
     def _error(self, data: ScenarioData, event: Event, t: float) -> None:
+        if event.get("phase") != "query":  # a connect error ends the wait for a connection
+            self._wait_ended(data, event, t)
         data.errors.append(t)
         stats = self._client(data, event)
         if stats is not None:
             stats.errors += 1
 
     def _stats(self, data: ScenarioData, event: Event, t: float) -> None:
+        self._snapshot_pending(data, event, t)
         wait = _percentiles(event.get("wait_time_ms"))
         use = _percentiles(event.get("use_time_ms"))
         server = event.get("server")
@@ -533,6 +577,26 @@ class Folder:
             float(event.get("instance") or 0),
         )
 
+    @staticmethod
+    def _snapshot_pending(data: ScenarioData, event: Event, t: float) -> None:
+        """A snapshot's count of clients waiting. Where the waits are counted from their
+        events, the snapshot is taken on the same event loop, so the two agree unless waits
+        ended without an event (cancelled): the longest ones under way are taken to have
+        ended. Elsewhere, the snapshot's count is the count."""
+        instance = event.get("instance") or 0
+        pending = event.get("pending_requests")
+        if not isinstance(pending, int) or isinstance(pending, bool):
+            return
+        waits = data._waits.get(instance)
+        if waits is None:
+            data._pending[instance] = pending
+        elif len(waits) > pending:
+            for client in sorted(waits, key=waits.__getitem__)[: len(waits) - pending]:
+                del waits[client]
+        else:
+            return
+        Folder._add_counts(data, t)
+
     def _alert(self, data: ScenarioData, event: Event, t: float) -> None:
         if len(data.alerts) < MAX_LISTED:
             data.alerts.append((t, str(event.get("kind") or "alert")))
@@ -549,6 +613,14 @@ class Folder:
         data.faults.append(Fault(start, max(end, start), kind, label))
 
     def _end(self, data: ScenarioData, event: Event, t: float) -> None:
+        instance = event.get("instance") or 0
+        waits = data._waits.get(instance)
+        if waits or data._pending.get(instance):  # the run is over: no one waits any more
+            if waits:
+                waits.clear()
+            else:
+                data._pending[instance] = 0
+            self._add_counts(data, t)
         summary = event.get("summary")
         data.instance_summaries[int(event.get("instance") or 0)] = (
             summary if isinstance(summary, dict) else {}

@@ -558,7 +558,7 @@ def pool_chart(data: ScenarioData, name_prefix: str) -> Chart:
     if data.pool.width > 0.002 and len(times):
         notes.append(
             f"Each step is the peak within a {_seconds(data.pool.width)} window "
-            f"({data.pool.points:,} pool events)."
+            f"({data.pool.points:,} changes)."
         )
     if not queue_pool:
         notes.append("NullPool: no pool_size or limit; every checkout opens a connection.")
@@ -741,6 +741,8 @@ def pool_chart(data: ScenarioData, name_prefix: str) -> Chart:
             "max_total": int(total.max(initial=0)),
             "max_overflow": int(overflow.max(initial=0)),
             "max_pending": int(pending.max(initial=0)),
+            # clients waiting as drawn: from each time, the peak until the next
+            "waiting": (times.tolist(), pending.tolist()),
             "pool_size": pool_size,
             "limit": limit,
             "instances": instances,

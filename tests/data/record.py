@@ -2,6 +2,7 @@
 
     .venv/bin/python tests/data/record.py                  # loadsim's own embedded server
     .venv/bin/python tests/data/record.py --database-url postgresql://user@host/db
+    .venv/bin/python tests/data/record.py exhaustion       # only the runs named
 
 Run it again whenever what `loadsim run` writes changes (a new schema_version, an event or a
 field added, renamed or removed): `tests/test_report_fresh.py` fails until you do, saying
@@ -34,9 +35,18 @@ def main() -> None:
     parser.add_argument(
         "--database-url", help="the server to record against (default: an embedded one)"
     )
+    names = [run.name for run in RECORDED_RUNS]
+    parser.add_argument(
+        "names", nargs="*", help=f"record only these runs (default: all): {', '.join(names)}"
+    )
     arguments = parser.parse_args()
+    unknown = set(arguments.names) - set(names)
+    if unknown:
+        parser.error(f"no recorded run named {', '.join(sorted(unknown))}")
     with tempfile.TemporaryDirectory() as scratch:
         for run in RECORDED_RUNS:
+            if arguments.names and run.name not in arguments.names:
+                continue
             log = run.record(Path(scratch), arguments.database_url)
             packed = DATA / f"{run.name}.jsonl.gz"
             packed.write_bytes(gzip.compress(log.read_bytes(), compresslevel=9, mtime=0))
