@@ -10,6 +10,7 @@ with `--output`, to a file as well. An in-process `EventSink` renders the same w
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, MutableMapping
@@ -97,7 +98,9 @@ class EventSink:
     """Writes rendered lines to several binary streams.
 
     A stream that fails (a closed pipe, a full disk) is dropped and remembered in
-    `failed`; the others keep receiving lines.
+    `failed`; the others keep receiving lines. A reader that went away (EPIPE) is the
+    ordinary end of a pipe (`loadsim run | head`); any other failure is the stream's own
+    (`write_error`: a full disk, an I/O error), and fails the run.
     """
 
     def __init__(self, streams: Iterable[IO[bytes]]) -> None:
@@ -131,6 +134,11 @@ class EventSink:
 
     def close(self) -> None:
         self.flush()
+
+    @property
+    def write_error(self) -> tuple[IO[bytes], OSError] | None:
+        """The first stream that failed of itself rather than because its reader went away."""
+        return next(((s, e) for s, e in self.failed if e.errno != errno.EPIPE), None)
 
     def _drop(self, stream: IO[bytes], error: OSError) -> None:
         self.streams.remove(stream)

@@ -13,7 +13,8 @@ what else a signal or a closed output must do (`on_signal`, `on_output_closed`).
 Stopping: the first SIGINT or SIGTERM records itself (`interrupted_by`) and asks the run to
 stop (`stop_requested`); a second stops the embedded server at once, writes what was sent,
 and exits 128 + the signal. When every output stream has failed (`loadsim run … | head`),
-the run stops as if its time were up, with `stop_reason` "output closed".
+the run stops as if its time were up, with `stop_reason` "output closed"; when one fails of
+itself (a full disk: `EventSink.write_error`), it stops the same way, "output failed".
 """
 
 from __future__ import annotations
@@ -141,7 +142,7 @@ class Lifecycle:
         if self.outcome.interrupted_by is not None:
             return f"signal {self.outcome.interrupted_by}"
         if self.outcome.output_closed:
-            return "output closed"
+            return "output failed" if self.sink.write_error is not None else "output closed"
         return None
 
     def _on_signal(self, signum: int) -> None:
@@ -170,8 +171,8 @@ class Lifecycle:
         while True:
             await asyncio.sleep(FLUSH_INTERVAL_S)
             self.sink.flush()
-            if not self.sink.streams:
-                self.output_closed()
+            if not self.sink.streams or self.sink.write_error is not None:
+                self.output_closed()  # a failed stream (a full disk) stops the run too
 
     def _watch_parent(self, loop: asyncio.AbstractEventLoop, fd: int) -> None:
         def parent_closed() -> None:
