@@ -6,9 +6,14 @@ renderer), against the logs checked in under tests/data."""
 
 from __future__ import annotations
 
+import itertools
+import math
+
 import numpy as np
 import pytest
+from matplotlib.colors import to_rgb
 
+from loadsim.report import palette
 from loadsim.report.aggregate import read_log
 from loadsim.report.charts import pool_chart
 from loadsim.report.reader import LogSource
@@ -72,3 +77,143 @@ def test_clients_waiting_never_below_a_snapshot(recorded: RecordedLogs, log: str
         for snapshot in snapshots(events)[:-1]:  # the last may follow the stop
             assert drawn_at(waiting, snapshot["t"]) >= snapshot["pending_requests"]
         assert max(waiting[1]) == events[-1]["summary"]["max_pending_requests"]
+
+
+# ---------------------------------------------------------------------- colours
+
+
+def lab(colour: str) -> tuple[float, float, float]:
+    """CIE L*a*b* (D65) of an sRGB colour."""
+    red, green, blue = (
+        c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in to_rgb(colour)
+    )
+    x = (0.4124 * red + 0.3576 * green + 0.1805 * blue) / 0.95047
+    y = 0.2126 * red + 0.7152 * green + 0.0722 * blue
+    z = (0.0193 * red + 0.1192 * green + 0.9505 * blue) / 1.08883
+
+    def f(t: float) -> float:
+        return t ** (1 / 3) if t > 216 / 24389 else (24389 / 27 * t + 16) / 116
+
+    return 116 * f(y) - 16, 500 * (f(x) - f(y)), 200 * (f(y) - f(z))
+
+
+def chroma_hue(colour: str) -> tuple[float, float]:
+    _, a, b = lab(colour)
+    return math.hypot(a, b), math.degrees(math.atan2(b, a)) % 360
+
+
+def delta_e(first: str, second: str) -> float:
+    """CIEDE2000: how different two colours look (about 2: just noticeable; 20: clearly
+    another colour)."""
+    l1, a1, b1 = lab(first)
+    l2, a2, b2 = lab(second)
+    c_mean = (math.hypot(a1, b1) + math.hypot(a2, b2)) / 2
+    g = 0.5 * (1 - math.sqrt(c_mean**7 / (c_mean**7 + 25**7)))
+    a1, a2 = (1 + g) * a1, (1 + g) * a2
+    c1, c2 = math.hypot(a1, b1), math.hypot(a2, b2)
+    h1, h2 = math.degrees(math.atan2(b1, a1)) % 360, math.degrees(math.atan2(b2, a2)) % 360
+    dh = 0.0 if c1 * c2 == 0 else (h2 - h1 + 180) % 360 - 180
+    d_hue = 2 * math.sqrt(c1 * c2) * math.sin(math.radians(dh / 2))
+    l_mean, c_mean = (l1 + l2) / 2, (c1 + c2) / 2
+    if c1 * c2 == 0:
+        h_mean = h1 + h2
+    elif abs(h1 - h2) <= 180:
+        h_mean = (h1 + h2) / 2
+    else:
+        h_mean = (h1 + h2 + 360) / 2 if h1 + h2 < 360 else (h1 + h2 - 360) / 2
+    t = (
+        1
+        - 0.17 * math.cos(math.radians(h_mean - 30))
+        + 0.24 * math.cos(math.radians(2 * h_mean))
+        + 0.32 * math.cos(math.radians(3 * h_mean + 6))
+        - 0.20 * math.cos(math.radians(4 * h_mean - 63))
+    )
+    rotation = -math.sin(math.radians(60 * math.exp(-(((h_mean - 275) / 25) ** 2)))) * (
+        2 * math.sqrt(c_mean**7 / (c_mean**7 + 25**7))
+    )
+    s_l = 1 + 0.015 * (l_mean - 50) ** 2 / math.sqrt(20 + (l_mean - 50) ** 2)
+    s_c, s_h = 1 + 0.045 * c_mean, 1 + 0.015 * c_mean * t
+    dl, dc, dhh = (l2 - l1) / s_l, (c2 - c1) / s_c, d_hue / s_h
+    return math.sqrt(dl**2 + dc**2 + dhh**2 + rotation * dc * dhh)
+
+
+def test_the_colour_arithmetic_is_right() -> None:
+    # Sharma, Wu, Dalal (2005), the CIEDE2000 test data, pairs 1 and 17 (as sRGB: near)
+    assert delta_e("#ff0000", "#ff0000") == 0
+    assert delta_e("#000000", "#ffffff") == pytest.approx(100, abs=0.1)
+    assert 50 < delta_e("#1f77b4", "#ff7f0e") < 90  # blue and orange: far apart
+    assert delta_e("#1f77b4", "#3182bd") < 6  # two blues: the same to the eye
+
+
+#: The colours the README promises mean one thing in every chart.
+PROMISED = {
+    "checkout": "blue",
+    "connect": "green",
+    "waiting": "purple",
+    "overflow": "orange",
+    "invalidate": "red",
+    "fault": "magenta",
+}
+
+
+def far_apart(colour: str, semantic: str) -> bool:
+    """Another colour to the eye: not a lighter or darker shade of the same hue."""
+    chroma, hue = chroma_hue(colour)
+    _, semantic_hue = chroma_hue(semantic)
+    hue_apart = abs((hue - semantic_hue + 180) % 360 - 180)
+    return delta_e(colour, semantic) >= 20 and (chroma < 15 or hue_apart >= 30)
+
+
+@pytest.mark.parametrize("palette_of", ["client", "run"])
+def test_no_client_or_run_colour_looks_like_a_semantic_one(palette_of: str) -> None:
+    """Checkouts were coloured by client with tab20's orange, green, red and purple: a
+    client's bar read as overflow, a connect, an invalidation, a wait."""
+    assert set(PROMISED) <= set(palette.SEMANTIC)
+    colours = palette.client_palette() if palette_of == "client" else palette.run_palette()
+    assert len(set(colours)) == len(colours) >= 8
+    for colour in colours:
+        for kind, semantic in palette.SEMANTIC.items():
+            assert colour.lower() != semantic.lower()
+            assert far_apart(colour, semantic), f"{palette_of} colour {colour} looks like {kind}"
+        # nor like what a chart draws behind the bars: the background, a connection open
+        assert delta_e(colour, "#ffffff") >= 10 and delta_e(colour, palette.KIND["open"]) >= 10
+    for first, second in itertools.combinations(colours, 2):
+        assert delta_e(first, second) >= 8, f"{first} and {second} look alike"
+
+
+def test_alerts_have_a_colour_of_their_own() -> None:
+    alert = palette.KIND["alert"]
+    for kind, colour in palette.SEMANTIC.items():
+        if kind != "alert":
+            assert far_apart(alert, colour), f"alert looks like {kind}"
+    assert delta_e(alert, palette.KIND["leak"]) >= 15
+    assert all(client_colour != alert for client_colour in palette.client_palette())
+
+
+def test_every_client_of_a_run_gets_a_client_colour(recorded: RecordedLogs) -> None:
+    (data,) = read_log(LogSource.of(recorded.exhaustion)).scenarios
+    for client in range(data.start["workload"]["clients"]):
+        assert palette.client_colour(client) in palette.client_palette()
+
+
+# --------------------------------------------------------------------- overflow
+
+
+def test_overflow_is_drawn_where_no_limit_line_hides_it(recorded: RecordedLogs) -> None:
+    """exhaustion: the pool full, 5 overflow connections beyond pool_size 5. Drawn with the
+    connections, overflow's line was the dashed pool_size line, unseen."""
+    (data,) = read_log(LogSource.of(recorded.exhaustion)).scenarios
+    chart = pool_chart(data, "").data
+    times, overflow = chart["overflow"]
+    assert max(overflow) == 5 == chart["pool_size"]  # the case that hid it
+    (panel,) = [
+        title
+        for title, labels in chart["panels"].items()
+        if any(label.startswith("overflow") for label in labels)
+    ]
+    assert not any(label.startswith(("pool_size", "max")) for label in chart["panels"][panel])
+    # the overflow the chart drew is the connections open beyond pool_size
+    events = events_of(recorded.exhaustion)["exhaustion"]
+    for event in events:
+        if event["event"] == "pool.checkout":
+            assert drawn_at((times, overflow), event["t"]) >= event["connections_total"] - 5

@@ -556,10 +556,7 @@ def pool_chart(data: ScenarioData, name_prefix: str) -> Chart:
             "fleet's sums; utilisation is drawn per instance."
         )
     if data.pool.width > 0.002 and len(times):
-        notes.append(
-            f"Each step is the peak within a {_seconds(data.pool.width)} window "
-            f"({data.pool.points:,} changes)."
-        )
+        notes.append(f"Each step is the peak within a {_seconds(data.pool.width)} window.")
     if not queue_pool:
         notes.append("NullPool: no pool_size or limit; every checkout opens a connection.")
     title = f"{data.label}: the pool over time"
@@ -575,10 +572,19 @@ def pool_chart(data: ScenarioData, name_prefix: str) -> Chart:
         )
     timeouts = floats(data.timeouts.column(0))
     errors = floats(data.errors.column(0))
-    with figure(9.0, title, notes) as fig:
-        top, middle, bottom = fig.subplots(
-            3, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1.6, 1.3]}
-        )
+    # overflow on its own axes: drawn with the connections, it lies on the pool_size line
+    # whenever the pool is full (its value is then exactly pool_size - 0 ... max_overflow)
+    can_overflow = queue_pool and isinstance(max_overflow, int) and max_overflow != 0
+    with figure(10.3 if can_overflow else 9.0, title, notes) as fig:
+        if can_overflow:
+            top, over, middle, bottom = fig.subplots(
+                4, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1.3, 1.6, 1.3]}
+            )
+        else:
+            top, middle, bottom = fig.subplots(
+                3, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1.6, 1.3]}
+            )
+            over = None
         handles: list[Any] = []
         if len(times):
             top.fill_between(
@@ -597,14 +603,15 @@ def pool_chart(data: ScenarioData, name_prefix: str) -> Chart:
                 linewidth=0,
                 label="in use (checked out)",
             )
-            if queue_pool and overflow.max(initial=0) > 0:
-                top.step(
+            if over is not None:
+                over.fill_between(
                     times,
                     overflow,
-                    where="post",
+                    step="post",
                     color=palette.KIND["overflow"],
-                    linewidth=1.8,
-                    label="overflow (beyond pool_size)",
+                    alpha=0.85,
+                    linewidth=0,
+                    label="overflow connections open",
                 )
             middle.fill_between(
                 times,
@@ -644,8 +651,33 @@ def pool_chart(data: ScenarioData, name_prefix: str) -> Chart:
                 label="server's count (pg_stat_activity)",
             )
         top.set_ylabel("connections")
-        top.set_title("Connections: open, in use, overflow")
-        top.set_ylim(bottom=0)
+        top.set_title(
+            "Connections: open and in use"
+            + ("" if can_overflow or not queue_pool else " (max_overflow = 0: no overflow)")
+        )
+        highest = max(
+            int(total.max(initial=0)),
+            (limit or 0) * instances,
+            (pool_size if isinstance(pool_size, int) else 0) * instances,
+            float(np.nanmax(server)) if len(server) and not np.isnan(server).all() else 0,
+            1,
+        )
+        top.set_ylim(0, highest * 1.12)  # the limit lines above the area, not on its edge
+        if over is not None:
+            most = (
+                max_overflow * instances
+                if isinstance(max_overflow, int) and max_overflow > 0
+                else None
+            )
+            over.set_ylabel("connections")
+            over.set_title(
+                "Overflow: connections open beyond pool_size"
+                + (f" (at most max_overflow{times_n} = {most})" if most else "")
+            )
+            over.set_ylim(0, max(most or 0, int(overflow.max(initial=0)), 1) * 1.15)
+            over.yaxis.set_major_locator(MaxNLocator(integer=True))
+            if not overflow.max(initial=0):
+                empty_message(over, "no overflow: the pool never opened more than pool_size")
         if len(timeouts):
             middle.scatter(
                 timeouts,
@@ -707,18 +739,21 @@ def pool_chart(data: ScenarioData, name_prefix: str) -> Chart:
                 xytext=(3, 0),
                 textcoords="offset points",
                 fontsize=8,
-                color="#8a5a00",
+                color=palette.KIND["alert"],
             )
         if data.alerts:
             bottom.plot([], [], color=palette.KIND["alert"], linewidth=2, label="monitor alert")
         bottom.set_ylabel("% of max in use")
         bottom.set_title("Pool utilisation: connections in use / (pool_size + max_overflow)")
         bottom.set_xlabel("time since the scenario started (s)")
-        for ax in (top, middle, bottom):
+        panels = [ax for ax in (top, over, middle, bottom) if ax is not None]
+        drawn_in: dict[str, list[str]] = {}
+        for ax in panels:
             if shade_faults(ax, data, label=ax is top):
                 handles = [fault_handle()]
             time_axis(ax, data)
-            ax_handles, _ = ax.get_legend_handles_labels()
+            ax_handles, ax_labels = ax.get_legend_handles_labels()
+            drawn_in[ax.get_title(loc="left")] = ax_labels
             if ax_handles or handles:
                 ax.legend(
                     handles=ax_handles + handles, loc="upper left", bbox_to_anchor=(1.005, 1.0)
@@ -728,10 +763,11 @@ def pool_chart(data: ScenarioData, name_prefix: str) -> Chart:
         name=f"{name_prefix}pool.png",
         title="The pool over time",
         caption=(
-            "Connections open (light blue) and in use (blue), overflow connections beyond "
-            "pool_size (orange) against pool_size (dashed) and the most the pool may open "
-            "(dotted); below, clients waiting for a connection with timeouts (red crosses), "
-            "and the pool's utilisation per monitor snapshot."
+            "Connections open (light blue) and in use (blue) against pool_size (dashed) and "
+            "the most the pool may open (dotted); under them, on their own axis, overflow "
+            "connections beyond pool_size (orange); then clients waiting for a connection "
+            "(purple) with timeouts (red crosses), and the pool's utilisation per monitor "
+            "snapshot, with monitor alerts (dark gold)."
         ),
         png=png,
         data={
@@ -743,6 +779,8 @@ def pool_chart(data: ScenarioData, name_prefix: str) -> Chart:
             "max_pending": int(pending.max(initial=0)),
             # clients waiting as drawn: from each time, the peak until the next
             "waiting": (times.tolist(), pending.tolist()),
+            "overflow": (times.tolist(), overflow.tolist()),
+            "panels": drawn_in,  # each panel's title → the labels of what it drew
             "pool_size": pool_size,
             "limit": limit,
             "instances": instances,

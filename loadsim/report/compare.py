@@ -281,11 +281,20 @@ def comparison_over_time_chart(
         ax_rate, ax_wait = fig.subplots(2, 1, sharex=True)
         for index, run in enumerate(runs):
             t = monitor_column(run.data, "t")
-            colour = palette.run_colour(index)
+            colour, line, marker = palette.run_style(index)
             rate = monitor_column(run.data, "checkouts_per_s")
             wait = monitor_column(run.data, "wait_p95")
-            ax_rate.plot(t, rate, marker=".", color=colour, linewidth=1.8, label=run.label)
-            ax_wait.plot(t, wait, marker=".", color=colour, linewidth=1.8, label=run.label)
+            for ax, values in ((ax_rate, rate), (ax_wait, wait)):
+                ax.plot(
+                    t,
+                    values,
+                    marker=marker,
+                    markersize=4,
+                    color=colour,
+                    linestyle=line,
+                    linewidth=1.8,
+                    label=run.label,
+                )
             points[run.label] = len(t)
         if not any(points.values()):
             empty_message(ax_rate, "no monitor.stats snapshots in these logs")

@@ -1,9 +1,12 @@
 """One palette for every chart: the same kind of event has the same colour everywhere.
 
 A checkout is blue in the timeline, the pool chart and the latency chart; a connect is green;
-waiting clients are purple; an invalidation is red; a fault is magenta. Clients get colours of
-their own (the timeline colours each checkout by the client holding it), from a qualitative
-palette that avoids the kind colours where it can; runs being compared get a third set.
+waiting clients are purple; overflow is orange; an invalidation is red; a fault is magenta; a
+monitor alert is dark gold (`SEMANTIC`: the colours the README promises). Clients get colours
+of their own (the timeline colours each checkout by the client holding it), from a palette
+with none of those hues: teals and greys (tests/test_report_truth.py checks
+that each is far from every semantic colour, in hue and in CIEDE2000). Runs being compared get
+a third set.
 """
 
 from __future__ import annotations
@@ -26,10 +29,17 @@ KIND: Final[dict[str, str]] = {
     "timeout": "#a50f15",  # a client's pool TimeoutError
     "error": "#000000",  # a connect or query error
     "fault": "#e7298a",  # an injected fault (server restart, terminated backends)
-    "alert": "#fdbf6f",  # a monitor alert (saturated, server disagrees)
+    "alert": "#8a7a00",  # a monitor alert (saturated, server disagrees): dark gold
     "limit": "#000000",  # pool_size and pool_size + max_overflow lines
     "utilisation": "#1f77b4",
     "server": "#737373",  # the server's own count of our sessions
+}
+
+#: The colours that mean one thing in every chart, whatever else is drawn: no client or run
+#: colour may look like one of them.
+SEMANTIC: Final[dict[str, str]] = {
+    kind: KIND[kind]
+    for kind in ("checkout", "connect", "waiting", "overflow", "invalidate", "fault", "alert")
 }
 
 #: Colours of `pool.close` marks by cause; a cause not listed uses KIND["close"].
@@ -60,43 +70,35 @@ MARKER: Final[dict[str, str]] = {
 WAIT_SHADES: Final[tuple[str, ...]] = ("#cab2d6", "#9e7cc1", "#6a3d9a")
 USE_SHADES: Final[tuple[str, ...]] = ("#9ecae1", "#4292c6", "#08519c")
 
-#: Client colours (the timeline's bars): tab20 without its blue, green, red and purple pairs'
-#: darker halves, which are kind colours.
+#: Client colours (the timeline's bars, checkouts per client): the one hue none of the
+#: semantic colours is near (teal) and greys, most distinct first.
 _CLIENTS: Final[tuple[str, ...]] = (
-    "#aec7e8",
-    "#ffbb78",
-    "#98df8a",
-    "#ff9896",
-    "#c5b0d5",
-    "#c49c94",
-    "#f7b6d2",
-    "#fdd0a2",
-    "#dbdb8d",
-    "#9edae5",
-    "#8c564b",
-    "#e377c2",
-    "#7f7f7f",
-    "#17becf",
-    "#393b79",
-    "#637939",
-    "#8c6d31",
-    "#843c39",
-    "#7b4173",
-    "#3182bd",
+    "#44aa99",  # teal
+    "#404040",  # charcoal
+    "#a9a9a9",  # grey
+    "#1d6b60",  # dark teal
+    "#8dd3c7",  # light teal
+    "#707070",  # mid grey
+    "#008b8b",  # dark cyan
+    "#2f4f4f",  # slate
+    "#c0e8e0",  # pale teal
 )
 NO_CLIENT: Final[str] = "#bdbdbd"
 
-#: Runs being compared, in order.
+#: Runs being compared, in order: colours from the client palette's darker half (none of them
+#: semantic), each with its own line style and marker, so that no two look alike.
 _RUNS: Final[tuple[str, ...]] = (
-    "#1b9e77",
-    "#d95f02",
-    "#7570b3",
-    "#e6ab02",
-    "#66a61e",
-    "#a6761d",
-    "#e7298a",
-    "#666666",
+    "#404040",
+    "#44aa99",
+    "#a9a9a9",
+    "#1d6b60",
+    "#008b8b",
+    "#707070",
+    "#8dd3c7",
+    "#2f4f4f",
 )
+_RUN_LINES: Final[tuple[str, ...]] = ("-", "--", "-.", ":")
+_RUN_MARKERS: Final[tuple[str, ...]] = ("o", "s", "^", "D", "v", "P", "X", "*")
 
 
 def client_colour(client: int) -> str:
@@ -112,6 +114,23 @@ def client_palette_size() -> int:
 
 def run_colour(index: int) -> str:
     return _RUNS[index % len(_RUNS)]
+
+
+def run_style(index: int) -> tuple[str, str, str]:
+    """A run's colour, line style and marker."""
+    return (
+        _RUNS[index % len(_RUNS)],
+        _RUN_LINES[index % len(_RUN_LINES)],
+        _RUN_MARKERS[index % len(_RUN_MARKERS)],
+    )
+
+
+def run_palette() -> tuple[str, ...]:
+    return _RUNS
+
+
+def client_palette() -> tuple[str, ...]:
+    return _CLIENTS
 
 
 def close_colour(cause: str) -> str:
