@@ -23,10 +23,13 @@ from typing import Any
 
 #: The version `run.start` carries. 2: `client.timeout` carries the pool's counts under the
 #: names every pool event uses (`connections_total`, ..., `pending_requests`, and `overflow`)
-#: instead of version 1's `total`, `in_use`, `idle`, `waiting`.
-SCHEMA_VERSION = 2
+#: instead of version 1's `total`, `in_use`, `idle`, `waiting`. 3: `wait_time_ms` counts
+#: every wait, those that ended in the pool's TimeoutError too (at their full length), and
+#: `acquired_wait_time_ms` the ones that got a connection; the summary's `elapsed_s` and its
+#: rates are the measured window, and `grace_s` the time after it for holders to finish.
+SCHEMA_VERSION = 3
 #: Versions of a log `loadsim report` and `compare` read.
-SUPPORTED_SCHEMA_VERSIONS = frozenset({1, 2})
+SUPPORTED_SCHEMA_VERSIONS = frozenset({1, 2, 3})
 
 # ------------------------------------------------------------------- declarations
 
@@ -116,8 +119,11 @@ LATENCY_STATS = (STAT_COUNT, STAT_MEAN, *PERCENTILE_KEYS, STAT_MAX)
 #: the OpenTelemetry metric it is, where there is one.
 LATENCIES: Mapping[str, str] = MappingProxyType(
     {
-        "wait_time": "waits for a connection, from asking the pool to getting one "
+        "wait_time": "every wait for a connection, from asking the pool to getting one or "
+        "to the pool's TimeoutError, a timed-out wait at its full length "
         "(db.client.connection.wait_time)",
+        "acquired_wait_time": "the waits that got a connection (wait_time without the "
+        "timed-out ones)",
         "use_time": "checkouts, from getting a connection to returning it "
         "(db.client.connection.use_time)",
         "query_time": "the work done on a checked-out connection",
@@ -238,12 +244,29 @@ _SESSIONS = _field("state", "integer", "sessions in this state", "count")
 
 
 _RATES: tuple[Field, ...] = (
-    _field("checkouts_per_s", "number", "checkouts per second over the run", "count/s"),
-    _field("requests_per_s", "number", "open workloads: requests per second", "count/s"),
-    _field("connects_per_s", "number", "connects per second over the run", "count/s"),
+    _field(
+        "checkouts_per_s",
+        "number",
+        "checkouts per second: those of the measured window over its length (elapsed_s)",
+        "count/s",
+    ),
+    _field(
+        "requests_per_s",
+        "number",
+        "open workloads: requests per second over the measured window",
+        "count/s",
+    ),
+    _field("connects_per_s", "number", "connects per second over the measured window", "count/s"),
 )
 _COMMON_SUMMARY: tuple[Field, ...] = (
-    _field("elapsed_s", "number", "how long the clients ran", "s"),
+    _field(
+        "elapsed_s",
+        "number",
+        "the measured window: from the clients' start to the moment the run was due to stop "
+        "(its duration, a signal) or, stopping by itself, its last client's end; rates and "
+        "utilisation_mean are over it",
+        "s",
+    ),
     _field("clients", "integer", "clients of the run (every group's)", "count"),
     *COUNTER_FIELDS,
     *_RATES,
@@ -258,7 +281,8 @@ _COMMON_SUMMARY: tuple[Field, ...] = (
     _field(
         "utilisation_mean",
         "number|null",
-        "time-weighted connections in use over the pool's maximum (null: no maximum)",
+        "time-weighted connections in use over the pool's maximum, over the measured window "
+        "(null: no maximum)",
         "ratio",
     ),
     _field(
@@ -291,6 +315,13 @@ _FAIRNESS_FIELDS: tuple[Field, ...] = (
 #: `run.end`'s summary: one instance's whole run.
 SUMMARY_FIELDS: tuple[Field, ...] = (
     *_COMMON_SUMMARY,
+    _field(
+        "grace_s",
+        "number",
+        "how long the run went on after the measured window for clients holding a connection "
+        "to finish (in no rate)",
+        "s",
+    ),
     _field(
         "clients_started_s",
         "number|null",

@@ -82,7 +82,9 @@ def test_monitor_stats_carry_rates_and_percentiles(loadsim: RunLoadsim, database
     assert len(stats) >= 2
     first = stats[0]
     assert first["interval_s"] == pytest.approx(1.0, abs=0.2)
-    assert first["window"]["checkouts"] == first["wait_time_ms"]["count"]
+    window = first["window"]
+    assert window["checkouts"] + window["timeouts"] == first["wait_time_ms"]["count"]
+    assert window["checkouts"] == first["acquired_wait_time_ms"]["count"]
     assert first["checkouts_per_s"] > 0
     for key in ("p50", "p90", "p95", "p99", "p99_9", "max"):
         assert key in first["wait_time_ms"]

@@ -96,7 +96,11 @@ def _figures(snapshot: DashboardSnapshot) -> RenderableType:
     table.add_column("")
     for heading in ("p50", "p95", "p99", "max"):
         table.add_column(heading, justify="right")
-    for label, key in (("wait ms", "wait_time_ms"), ("use ms", "use_time_ms")):
+    for label, key in (
+        ("wait ms", "wait_time_ms"),  # every wait, a timed-out one at its full length
+        ("acquired wait ms", "acquired_wait_time_ms"),
+        ("use ms", "use_time_ms"),
+    ):
         figures = stats.get(key) or {}
         table.add_row(label, *(_ms(figures.get(name)) for name in ("p50", "p95", "p99", "max")))
     server = stats.get("server")

@@ -3,7 +3,13 @@
 Latencies are recorded in microseconds into a histogram for the current window; each
 `monitor.stats` snapshot folds the window into the run's histogram and starts a new one.
 Names follow OpenTelemetry's database client metrics: wait_time (db.client.connection.
-wait_time), use_time (.use_time), create_time (.create_time).
+wait_time), use_time (.use_time), create_time (.create_time). `wait_time` is every wait, a
+timed-out one at its full length; `acquired_wait_time` only the waits that got a connection.
+
+The summary's rates are over the measured window: from the start to the moment the run was
+due to stop (`stop_measuring`: its duration ended, or a signal came), with the counts as they
+were then. The grace period after it, while clients holding a connection finish, is
+`grace_s`, averaged into nothing.
 """
 
 from __future__ import annotations
@@ -112,6 +118,14 @@ class Utilisation:
             return None
         return round(self._run_area / (self.capacity * seconds), 4)
 
+    def mean_until(self, now: float) -> float | None:
+        """The mean from the start to `now` (not before the last change), closing no window."""
+        seconds = now - self.started
+        if self.capacity is None or seconds <= 0:
+            return None
+        area = self._run_area + self._area + self._in_use * max(now - self._changed, 0.0)
+        return round(area / (self.capacity * seconds), 4)
+
 
 @dataclass
 class Window:
@@ -144,7 +158,10 @@ class RunMetrics:
     clients: int
     capacity: int | None
     started: float
+    #: Every wait for a connection: those that got one, and those that timed out.
     wait_time: Latency = field(default_factory=Latency)
+    #: Only the waits that got a connection.
+    acquired_wait_time: Latency = field(default_factory=Latency)
     use_time: Latency = field(default_factory=Latency)
     query_time: Latency = field(default_factory=Latency)
     create_time: Latency = field(default_factory=Latency)
@@ -163,11 +180,40 @@ class RunMetrics:
     checkouts_per_client: list[int] = field(default_factory=list)
     utilisation: Utilisation = field(init=False)
     window: Window = field(init=False)
+    #: The end of the measured window (None: not yet, or the run ended by itself), and the
+    #: counts and utilisation as they were then.
+    stopped: float | None = None
+    _at_stop: dict[str, int] = field(default_factory=dict)
+    _utilisation_at_stop: float | None = None
 
     def __post_init__(self) -> None:
         self.checkouts_per_client = [0] * self.clients
         self.utilisation = Utilisation(self.capacity, self.started)
         self.window = Window(self.started)
+
+    def acquired(self, wait_ms: float) -> None:
+        """A wait that got a connection."""
+        self.wait_time.add(wait_ms)
+        self.acquired_wait_time.add(wait_ms)
+        self.checkouts += 1
+
+    def timed_out(self, wait_ms: float) -> None:
+        """A wait that ended in the pool's TimeoutError: a wait of its full length."""
+        self.wait_time.add(wait_ms)
+        self.timeouts += 1
+
+    def stop_measuring(self, now: float, connects: int) -> None:
+        """The run is due to stop: the measured window ends here (once). What follows, the
+        holders finishing, is the grace period."""
+        if self.stopped is not None:
+            return
+        self.stopped = now
+        self._at_stop = {
+            "checkouts": self.checkouts,
+            "requests": self.requests,
+            "connects": connects,
+        }
+        self._utilisation_at_stop = self.utilisation.mean_until(now)
 
     def error(self, kind: str) -> None:
         self.errors += 1
@@ -187,6 +233,7 @@ class RunMetrics:
             **self.window.close(totals, now),
             "utilisation": self.utilisation.close_window(now),
             "wait_time_ms": self.wait_time.close_window(),
+            "acquired_wait_time_ms": self.acquired_wait_time.close_window(),
             "use_time_ms": self.use_time.close_window(),
             "query_time_ms": self.query_time.close_window(),
             "create_time_ms": self.create_time.close_window(),
@@ -200,28 +247,37 @@ class RunMetrics:
         return {name: getattr(self, name).encoded() for name in LATENCY_NAMES}
 
     def summary(self, now: float, pool_counters: dict[str, int], **extra: Any) -> dict[str, Any]:
-        """`run.end`: the whole run."""
-        elapsed = now - self.started
-        utilisation_mean = self.utilisation.run_mean(now)
+        """`run.end`: the whole run; rates over the measured window (`elapsed_s`)."""
+        connects = pool_counters.get("connects", 0)
+        if self.stopped is None:  # it ended by itself: the window is the whole run
+            self.stop_measuring(now, connects)
+        assert self.stopped is not None
+        measured_end = min(self.stopped, now)
+        elapsed = measured_end - self.started
+        at_stop = self._at_stop
+        utilisation_mean = self._utilisation_at_stop
+        self.utilisation.run_mean(now)  # closes the last window: the peak counts it
         return {
             "elapsed_s": round(elapsed, 3),
+            "grace_s": round(max(now - measured_end, 0.0), 3),
             "clients": self.clients,
             "checkouts": self.checkouts,
-            "checkouts_per_s": rate(self.checkouts, elapsed),
+            "checkouts_per_s": rate(at_stop["checkouts"], elapsed),
             "requests": self.requests,
-            "requests_per_s": rate(self.requests, elapsed),
+            "requests_per_s": rate(at_stop["requests"], elapsed),
             "dropped": self.dropped,
             "timeouts": self.timeouts,
             "errors": self.errors,
             "errors_by_kind": dict(self.errors_by_kind),
             **pool_counters,
-            "connects_per_s": rate(pool_counters.get("connects", 0), elapsed),
+            "connects_per_s": rate(at_stop["connects"], elapsed),
             "reuse_ratio": (
                 round(self.checkouts / pool_counters["connects"], 2)
                 if pool_counters.get("connects")
                 else None
             ),
             "wait_time_ms": self.wait_time.run_figures(),
+            "acquired_wait_time_ms": self.acquired_wait_time.run_figures(),
             "use_time_ms": self.use_time.run_figures(),
             "query_time_ms": self.query_time.run_figures(),
             "create_time_ms": self.create_time.run_figures(),

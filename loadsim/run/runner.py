@@ -38,7 +38,8 @@ from loadsim.run.monitor import PoolMonitor, Watcher
 from loadsim.run.workload import ClientFleet, ClientState, plan_clients
 from loadsim.schema import EVENT_NAMES, SCHEMA_VERSION
 
-#: How long clients still holding a connection get to finish once a run is due to stop.
+#: How long clients still holding a connection get to finish once a run is due to stop. The
+#: measured window ends when the run is due to stop; this grace period is `grace_s`, apart.
 STOP_GRACE_S = 5.0
 
 
@@ -215,6 +216,8 @@ class Runner(Lifecycle):
             async with asyncio.timeout(duration):
                 await self.stop_requested.wait()
         self._stop_reason = "duration" if not self.stop_requested.is_set() else self.stop_reason()
+        # The measured window ends now: what follows is the grace period for holders.
+        fleet.metrics.stop_measuring(time.perf_counter(), fleet.monitor.counters.connects)
         fleet.stopping = True
         interrupted = self.stopping
         for client, task in zip(fleet.clients, clients, strict=True):

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 _ROWS: tuple[tuple[str, str], ...] = (
-    ("elapsed", "elapsed_s"),
+    ("elapsed s (measured window)", "elapsed_s"),
+    ("grace s (holders finishing)", "grace_s"),
     ("clients", "clients"),
     ("checkouts", "checkouts"),
     ("checkouts/s", "checkouts_per_s"),
@@ -15,6 +16,7 @@ _ROWS: tuple[tuple[str, str], ...] = (
     ("max waiting clients", "max_pending_requests"),
     ("utilisation (mean / max)", "utilisation"),
     ("wait ms (p50 / p99 / max)", "wait_time_ms"),
+    ("acquired wait ms (p50 / p99 / max)", "acquired_wait_time_ms"),
     ("use ms (p50 / p99 / max)", "use_time_ms"),
     ("connect ms (p50 / p99 / max)", "create_time_ms"),
     ("timeouts", "timeouts"),

@@ -234,8 +234,9 @@ class ClientFleet:
     async def _with_connection(
         self, client: Client, use: Callable[[AsyncConnection], Awaitable[None]]
     ) -> None:
-        """Checks a connection out, uses it, returns it; records the wait, the hold, and a
-        timeout or an error instead of raising it."""
+        """Checks a connection out, uses it, returns it; records the wait (a timed-out one
+        too: `wait_time` is every wait), the hold, and a timeout or an error instead of
+        raising it."""
         states, events, monitor, metrics = self.states, self.events, self.monitor, self.metrics
         states[client.id] = ClientState.WAITING
         events.emit("client.waiting", client=client.id)
@@ -248,8 +249,7 @@ class ClientFleet:
                 waiting = False
                 monitor.waiting_ended(client.id)
                 states[client.id] = ClientState.HOLDING
-                metrics.wait_time.add((acquired - asked) * 1000)
-                metrics.checkouts += 1
+                metrics.acquired((acquired - asked) * 1000)
                 if not client.request:
                     metrics.checkouts_per_client[client.id] += 1
                 conn = monitor.last_checkout.get(client.id)
@@ -272,13 +272,14 @@ class ClientFleet:
                 **({"invalidated": True} if invalidated else {}),
             )
         except exc.TimeoutError as error:
-            metrics.timeouts += 1
+            waited = time.perf_counter() - asked
+            metrics.timed_out(waited * 1000)  # a wait too, of its full length
             monitor.waiting_ended(client.id)
             waiting = False
             events.emit(
                 "client.timeout",
                 client=client.id,
-                wait_ms=round((time.perf_counter() - asked) * 1000, 3),
+                wait_ms=milliseconds(waited),
                 message=str(error).splitlines()[0],
                 **monitor.state(),
             )
