@@ -5,10 +5,15 @@ stdout carries the event stream and nothing else; people's output goes to stderr
 
 from __future__ import annotations
 
+import contextlib
 import enum
+import errno
+import io
 import json
 import os
+import stat
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Annotated, NoReturn
 
@@ -19,7 +24,7 @@ from loadsim.config.scenario import ScenarioFile, load_scenarios
 from loadsim.config.selection import select_events
 from loadsim.config.settings import Flags, RunConfig, read_environment, resolve
 from loadsim.config.show import format_show
-from loadsim.errors import LoadsimError, ScenarioError
+from loadsim.errors import LoadsimError, OutputError, ScenarioError
 from loadsim.schema import EVENT_NAMES, json_schema
 
 app = typer.Typer(
@@ -244,16 +249,30 @@ def run(
     if fleet and log_format is LogFormat.console:
         raise ScenarioError("--log-format console is not available with several instances")
     kinds = select_events(events) if events is not None else EVENT_NAMES
-    streams: list[IO[bytes]] = [sys.stdout.buffer]
-    if output is not None:
-        streams.append(_open_output(output, force))
-    sink = EventWriter(streams)
+    stdout = None if _stdout_closed() else sys.stdout.buffer
+    if stdout is None and output is None:
+        raise OutputError(
+            "stdout is closed and there is no --output: the event stream has nowhere to go "
+            "(redirect stdout, > /dev/null to discard it, or add --output FILE)"
+        )
+    output_file = _open_output(output, force) if output is not None else None
+    streams: list[IO[bytes]] = [] if stdout is None else [stdout]
+    if output_file is not None:
+        streams.append(output_file.stream)
+    regular = {stream: stat.S_ISREG(os.fstat(stream.fileno()).st_mode) for stream in streams}
+    sink = EventWriter(
+        streams,
+        names=[_stream_name(stream, output_file) for stream in streams],
+        replace=[output_file.stream] if output_file and not output_file.created else [],
+        warn=_say_warning,  # what a reader missed is said even with --quiet
+    )
 
     def warn(message: str) -> None:
         if not quiet:
             print(f"loadsim: warning: {message}", file=sys.stderr)
 
     dashboard = Dashboard() if sys.stderr.isatty() and not quiet and not fleet else None
+    patience: float | None = 0.0  # how long the end waits for a reader who is not reading
     try:
         if fleet:
             outcome = Fleet(
@@ -270,11 +289,14 @@ def run(
                 kinds=kinds,
                 loop=loop.value,
             ).run()
+        if outcome.interrupted_by is None:
+            patience = None  # a run that ended on its own waits for its reader to read
     finally:
-        sink.close()
-        for stream in streams[1:]:
-            stream.close()
-        if any(stream is sys.stdout.buffer for stream, _ in sink.failed):
+        sink.close(patience)
+        removed = output_file is not None and _remove_if_unwritten(output_file)
+        if output_file is not None:
+            output_file.stream.close()
+        if any(stream is stdout for stream, _ in sink.failed):
             _silence_stdout()
     if not quiet and outcome.summaries:
         print(format_summary(outcome.summaries), file=sys.stderr)
@@ -292,6 +314,12 @@ def run(
         )
     for failure in outcome.failures:  # an instance of a fleet that failed
         print(f"loadsim: error: {failure}", file=sys.stderr)
+    if sink.write_error is not None:  # a full disk, an I/O error: exit 2
+        stream, error = sink.write_error
+        name = _stream_name(stream, output_file)
+        raise OutputError(_write_failure(name, error, removed, regular[stream]))
+    if sink.interrupted and outcome.interrupted_by is None:  # Ctrl-C while waiting to write
+        raise typer.Exit(130)
     if outcome.interrupted_by == "SIGTERM":
         raise typer.Exit(143)
     if outcome.interrupted_by is not None:
@@ -308,13 +336,16 @@ def instance() -> None:
     from loadsim.run.fleet import run_instance
     from loadsim.run.writer import EventWriter
 
-    sink = EventWriter([sys.stdout.buffer])
+    sink = EventWriter([sys.stdout.buffer], warn=lambda message: print(message, file=sys.stderr))
+    patience: float | None = 0.0
     try:
         outcome = run_instance(
             sys.stdin.buffer, sink, lambda message: print(message, file=sys.stderr)
         )
+        if outcome.interrupted_by is None:
+            patience = None
     finally:
-        sink.close()
+        sink.close(patience)
     if outcome.interrupted_by is not None:
         raise typer.Exit(143 if outcome.interrupted_by == "SIGTERM" else 130)
 
@@ -454,16 +485,98 @@ def _number(value: float | None) -> str:
     return "no value" if value is None else f"{value:g}"
 
 
-def _open_output(path: Path, force: bool) -> IO[bytes]:
-    """Open --output before anything connects; never overwrite without --force."""
+@dataclass(frozen=True)
+class _OutputFile:
+    path: Path
+    stream: IO[bytes]
+    created: bool  # by this run, which removes it again if it writes nothing to it
+
+
+def _open_output(path: Path, force: bool) -> _OutputFile:
+    """Open --output before anything connects; never overwrite without --force. A file
+    that exists keeps its content until the run writes its first line (the writer empties
+    it then): a run that fails before that leaves it as it was."""
     try:
-        return path.open("wb" if force else "xb")
-    except FileExistsError:
-        raise ScenarioError(
-            f"--output {path}: the file exists; choose another name or add --force to overwrite"
-        ) from None
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            created = True
+        except FileExistsError:
+            if not force:
+                raise ScenarioError(
+                    f"--output {path}: the file exists; choose another name or add --force "
+                    "to overwrite"
+                ) from None
+            fd = os.open(path, os.O_WRONLY)  # not emptied yet: see above
+            created = False
     except OSError as error:
         raise ScenarioError(f"--output {path}: cannot write: {error.strerror}") from None
+    return _OutputFile(path, os.fdopen(fd, "wb"), created)
+
+
+def _remove_if_unwritten(output: _OutputFile) -> bool:
+    """A file this run created and wrote nothing to is removed: a retry needs no --force.
+    True when it was."""
+    if not output.created:
+        return False
+    with contextlib.suppress(OSError):
+        ours, there = os.fstat(output.stream.fileno()), os.stat(output.path)
+        if ours.st_size == 0 and (ours.st_dev, ours.st_ino) == (there.st_dev, there.st_ino):
+            os.unlink(output.path)
+            return True
+    return False
+
+
+def _stream_name(stream: IO[bytes], output: _OutputFile | None) -> str:
+    return str(output.path) if output is not None and stream is output.stream else "stdout"
+
+
+def _write_failure(name: str, error: OSError, removed: bool, regular: bool) -> str:
+    """One line for a stream that could not be written: which, and the errno; a file is
+    cut back to its last whole line (by the writer), or removed if it has none and this
+    run created it."""
+    code = errno.errorcode.get(error.errno or 0, str(error.errno))
+    what = f"cannot write the event stream to {name}: {error.strerror} ({code}); the run stopped"
+    if removed:
+        return f"{what}, and {name} is removed: nothing could be written to it"
+    if regular:
+        return f"{what}; {'it' if name == 'stdout' else name} ends with its last whole line"
+    return what
+
+
+def _say_warning(message: str) -> None:
+    print(f"loadsim: warning: {message}", file=sys.stderr)
+
+
+#: The standard streams (0, 1, 2) that were closed when loadsim started.
+_CLOSED_AT_START: set[int] = set()
+
+
+def _standard_streams() -> None:
+    """A standard stream closed at start (`>&-`, `2>&-`) is opened on /dev/null, so that no
+    file loadsim opens takes its number, and what is written to it goes nowhere (`run`
+    refuses a closed stdout unless it has --output). Text that the streams' encoding cannot
+    carry (PYTHONIOENCODING=ascii) is escaped, never an error; the event stream is bytes."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            _CLOSED_AT_START.add(fd)
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+            os.set_inheritable(fd, True)  # the writer and the server inherit it
+    if sys.stdout is None:
+        sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115 (for the process's life)
+    if sys.stderr is None:
+        sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors="backslashreplace")
+
+
+def _stdout_closed() -> bool:
+    return 1 in _CLOSED_AT_START or sys.stdout is None
 
 
 def _silence_stdout() -> None:
@@ -479,6 +592,7 @@ def _fail(message: str, exit_code: int) -> NoReturn:
 
 
 def main() -> None:
+    _standard_streams()
     try:
         exit_code = app(standalone_mode=False)
     except LoadsimError as error:

@@ -33,3 +33,11 @@ class InstanceFailed(LoadsimError):
     def __init__(self, message: str, exit_code: int = 1) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+class OutputError(LoadsimError):
+    """The event stream could not be written: `--output` or stdout failed of itself (a full
+    disk, an I/O error), not because a reader went away. Like an --output that cannot be
+    opened, exit code 2: what the run was told to write to cannot be written."""
+
+    exit_code = 2
