@@ -15,7 +15,8 @@ from matplotlib.colors import to_rgb
 
 from loadsim.report import palette
 from loadsim.report.aggregate import read_log
-from loadsim.report.charts import pool_chart
+from loadsim.report.charts import LINEAR_SPREAD, latency_chart, pool_chart
+from loadsim.report.compare import PANELS, RunFigures, comparison_chart, figures, overlaps
 from loadsim.report.reader import LogSource
 from tests.helpers import Event, RecordedLogs, events_of
 
@@ -217,3 +218,62 @@ def test_overflow_is_drawn_where_no_limit_line_hides_it(recorded: RecordedLogs) 
     for event in events:
         if event["event"] == "pool.checkout":
             assert drawn_at((times, overflow), event["t"]) >= event["connections_total"] - 5
+
+
+# ------------------------------------------------------------------- compare
+
+
+@pytest.fixture(scope="module")
+def runs(recorded: RecordedLogs) -> list[RunFigures]:
+    """Five runs: saturation, exhaustion (2 s), the 10 s exhaustion, pooled, unpooled."""
+    scenarios = [
+        data
+        for path in (recorded.saturation, recorded.exhaustion, recorded.pooled)
+        for data in read_log(LogSource.of(path)).scenarios
+    ]
+    return figures(scenarios)
+
+
+@pytest.mark.parametrize("n", [2, 3, 5])
+def test_comparison_panels_are_readable(runs: list[RunFigures], n: int) -> None:
+    """Value labels collided ("494.4494.3"), legends sat on the bars, a y axis began at 7 ms,
+    and panels with nothing in them were empty boxes. Measured on the laid-out figure."""
+    chart = comparison_chart(runs[:n]).data
+    for title, panel in chart["panels"].items():
+        assert panel["ylim"][0] == 0, title  # bars start at zero
+        assert not overlaps(panel["value_labels"]), f"{title}: value labels overlap"
+        assert not overlaps(panel["ticks"]), f"{title}: run names overlap"
+        if panel["legend"] is not None:
+            clash = overlaps([panel["legend"]], panel["bars"] + panel["value_labels"])
+            assert not clash, f"{title}: the legend covers a bar or a label"
+    for title in chart["omitted"]:  # left out only when there is nothing to show
+        ((_, _, series, _),) = [panel for panel in PANELS if panel[0] == title]
+        for run in runs[:n]:
+            assert all(not run.values.get(key) or math.isnan(run.values[key]) for key, _ in series)
+    assert set(chart["panels"]) | set(chart["omitted"]) == {panel[0] for panel in PANELS}
+
+
+def test_a_comparison_of_runs_without_timeouts_leaves_the_panel_out(
+    runs: list[RunFigures],
+) -> None:
+    pooled = [run for run in runs if run.label in ("pooled", "unpooled")]
+    chart = comparison_chart(pooled).data
+    assert "Pool timeouts" in chart["omitted"] and "Errors" in chart["omitted"]
+
+
+# -------------------------------------------------------------- distributions
+
+
+def test_a_narrow_distribution_is_drawn_on_a_scale_that_shows_it(
+    recorded: RecordedLogs,
+) -> None:
+    """saturation's use times all lie within a few ms of 100 ms: on a log axis they were one
+    solid block with a single tick."""
+    data = read_log(LogSource.of(recorded.saturation)).scenarios[0]
+    use = latency_chart(data, "").data["distributions"]["use_time_ms"]
+    assert data.use_ms.max / data.use_ms.percentile(0) < LINEAR_SPREAD
+    assert use["scale"] == "linear"
+    assert use["bars"] >= 5
+    assert len(use["ticks"]) >= 3
+    wait = latency_chart(data, "").data["distributions"]["wait_time_ms"]
+    assert wait["scale"] == "log" and wait["bars"] >= 10 and len(wait["ticks"]) >= 3

@@ -1024,6 +1024,7 @@ def latency_chart(data: ScenarioData, name_prefix: str) -> Chart:
             if drawn:
                 ax.legend(loc="upper left", ncols=4)
         counts: dict[str, int] = {}
+        distributions: dict[str, dict[str, Any]] = {}
         for ax, histogram, colour, noun, key in (
             (
                 hist_axes[0],
@@ -1041,9 +1042,10 @@ def latency_chart(data: ScenarioData, name_prefix: str) -> Chart:
                 "create_time_ms",
             ),
         ):
-            counts[key] = _histogram(ax, histogram, colour, summary.get(key))
+            drawn_as = _histogram(ax, histogram, colour, summary.get(key))
+            counts[key] = drawn_as["samples"]
+            distributions[key] = drawn_as
             ax.set_title(f"{noun}: {count(histogram.count, 'sample')}", fontsize=10)
-            ax.set_xlabel("milliseconds (log scale)")
             ax.set_ylabel("count")
         png = render(fig)
     return Chart(
@@ -1061,6 +1063,7 @@ def latency_chart(data: ScenarioData, name_prefix: str) -> Chart:
             "xlim": (0.0, max(data.duration_s, 1e-3)),
             "points_over_time": over_time,
             "samples": counts,
+            "distributions": distributions,  # how each was drawn: scale, bars, ticks
         },
     )
 
@@ -1071,22 +1074,64 @@ def _log_if_wide(ax: Axes, values: Floats) -> None:
         ax.set_yscale("log")
 
 
-def _histogram(ax: Axes, histogram: LogHistogram, colour: str, summary: Any) -> int:
+#: A distribution narrower than this (its highest over its lowest value) is drawn on a
+#: linear axis: on a log axis it is one block with a single tick.
+LINEAR_SPREAD = 4.0
+#: Bars a distribution is drawn with, about.
+HISTOGRAM_BINS = 40
+
+
+def histogram_bins(histogram: LogHistogram) -> tuple[str, Floats, Floats, Floats]:
+    """How to draw a distribution, chosen from its spread: the scale ("linear" or "log") and
+    each bar's low edge, high edge and count. The histogram's buckets (2.3 % wide) are
+    gathered into about HISTOGRAM_BINS bars, equal on the scale drawn."""
     buckets = histogram.nonzero()
-    if not buckets:
-        empty_message(ax, "no samples")
-        return 0
     lows = floats([max(low, 0.0005) for low, _, _ in buckets])
-    highs = floats([high if math.isfinite(high) else low * 1.12 for low, high, _ in buckets])
-    values = floats([c for _, _, c in buckets])
+    highs = floats([high if math.isfinite(high) else low * 1.024 for low, high, _ in buckets])
+    counts = floats([c for _, _, c in buckets])
+    if not len(counts):
+        return "log", lows, highs, counts
+    low, high = float(lows.min()), float(max(highs.max(), histogram.max))
+    middles = np.sqrt(lows * highs)
+    # no narrower than a bucket (or a bar would be a sliver with a gap beside it), and fewer
+    # with few samples
+    wanted = min(HISTOGRAM_BINS, max(10, int(3 * math.sqrt(histogram.count))))
+    if high / low < LINEAR_SPREAD:
+        n = max(1, min(wanted, int((high - low) / (float((highs - lows).min()) or 1.0))))
+        edges = np.linspace(low, high, n + 1)
+        scale = "linear"
+    else:
+        n = max(1, min(wanted, int(math.log10(high / low) * 100)))
+        edges = np.geomspace(low, high, n + 1)
+        scale = "log"
+    index = np.clip(np.searchsorted(edges, middles, side="right") - 1, 0, n - 1)
+    binned = np.bincount(index, weights=counts, minlength=n)
+    keep = binned > 0
+    return scale, edges[:-1][keep], edges[1:][keep], floats(binned[keep])
+
+
+def _histogram(ax: Axes, histogram: LogHistogram, colour: str, summary: Any) -> dict[str, Any]:
+    """Draws a distribution; returns how (scale, bars, the ticks inside the data's range)."""
+    if not histogram.count:
+        empty_message(ax, "no samples")
+        return {"samples": 0, "scale": None, "bars": 0, "ticks": []}
+    scale, lows, highs, values = histogram_bins(histogram)
     ax.bar(lows, values, width=highs - lows, align="edge", color=colour, alpha=0.85, linewidth=0)
-    ax.set_xscale("log")
-    decades = math.log10(max(float(highs.max()), 1e-3) / float(lows.min()))
-    ax.xaxis.set_major_locator(
-        LogLocator(base=10, subs=(1.0, 2.0, 5.0) if decades <= 2.5 else (1.0,))
-    )
-    ax.xaxis.set_major_formatter(FuncFormatter(_ms_tick))
-    ax.xaxis.set_minor_formatter(NullFormatter())
+    if scale == "log":
+        ax.set_xscale("log")
+        decades = math.log10(max(float(highs.max()), 1e-3) / float(lows.min()))
+        ax.xaxis.set_major_locator(
+            LogLocator(base=10, subs=(1.0, 2.0, 5.0) if decades <= 2.5 else (1.0,))
+        )
+        ax.xaxis.set_major_formatter(FuncFormatter(_ms_tick))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel("milliseconds (log scale)")
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(6))
+        ax.set_xlabel("milliseconds")
+    margin = (float(highs.max()) - float(lows.min())) * 0.04
+    if scale == "linear":
+        ax.set_xlim(float(lows.min()) - margin, float(highs.max()) + margin)
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     marks = (
         {key: summary.get(key) for key in ("p50", "p95", "p99")}
@@ -1104,8 +1149,15 @@ def _histogram(ax: Axes, histogram: LogHistogram, colour: str, summary: Any) -> 
                 textcoords="offset points",
                 fontsize=8,
                 va="top",
+                bbox={"facecolor": "white", "alpha": 0.8, "linewidth": 0, "pad": 1},
             )
-    return histogram.count
+    low, high = ax.get_xlim()
+    return {
+        "samples": histogram.count,
+        "scale": scale,
+        "bars": len(values),
+        "ticks": [float(t) for t in ax.get_xticks() if low <= t <= high],
+    }
 
 
 def _ms_tick(value: float, _position: int | None) -> str:

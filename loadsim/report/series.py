@@ -1,7 +1,7 @@
 """Containers whose size does not grow with the length of a log.
 
-- `LogHistogram`: durations in logarithmic buckets (20 per decade, 1 µs to ~3 h), for
-  distributions and percentiles within 12 % of the true value.
+- `LogHistogram`: durations in logarithmic buckets (100 per decade, 1 µs to ~3 h), for
+  distributions and percentiles within 2.4 % of the true value.
 - `PeakSeries`: a quantity over time, as the peak and the last value in each of at most
   `max_buckets` equal time windows; the windows double in width as the log gets longer.
 - `Sampled`: rows of numbers in compact typed arrays; past `cap` rows it keeps every second
@@ -25,7 +25,7 @@ import numpy.typing as npt
 # ---------------------------------------------------------------------------- histogram
 
 _MIN_MS = 0.001
-_PER_DECADE = 20
+_PER_DECADE = 100
 _DECADES = 10
 _BUCKETS = _PER_DECADE * _DECADES + 2  # [0, MIN], the log buckets, and everything above
 _LOG_MIN = math.log10(_MIN_MS)
