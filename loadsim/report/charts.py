@@ -1129,15 +1129,21 @@ def _histogram(ax: Axes, histogram: LogHistogram, colour: str, summary: Any) -> 
     else:
         ax.xaxis.set_major_locator(MaxNLocator(6))
         ax.set_xlabel("milliseconds")
-    margin = (float(highs.max()) - float(lows.min())) * 0.04
-    if scale == "linear":
-        ax.set_xlim(float(lows.min()) - margin, float(highs.max()) + margin)
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     marks = (
         {key: summary.get(key) for key in ("p50", "p95", "p99")}
         if isinstance(summary, dict) and summary.get("count")
         else {key: histogram.percentile(float(key[1:])) for key in ("p50", "p95", "p99")}
     )
+    if scale == "linear":  # the bars and the percentiles marked, with a margin
+        shown = [float(lows.min()), float(highs.max())]
+        shown += [  # (a mark far from every bar would squash the bars into a sliver)
+            float(v)
+            for v in marks.values()
+            if isinstance(v, int | float) and shown[0] / 2 <= v <= shown[1] * 2
+        ]
+        margin = max((max(shown) - min(shown)) * 0.04, max(shown) * 0.002)
+        ax.set_xlim(min(shown) - margin, max(shown) + margin)
     for (label, value), style in zip(marks.items(), ("-", "--", ":"), strict=True):
         if isinstance(value, int | float) and value > 0 and math.isfinite(value):
             ax.axvline(value, color="black", linestyle=style, linewidth=1.0)
@@ -1150,7 +1156,8 @@ def _histogram(ax: Axes, histogram: LogHistogram, colour: str, summary: Any) -> 
                 fontsize=8,
                 va="top",
                 bbox={"facecolor": "white", "alpha": 0.8, "linewidth": 0, "pad": 1},
-            )
+                annotation_clip=True,
+            ).set_in_layout(False)
     low, high = ax.get_xlim()
     return {
         "samples": histogram.count,
