@@ -12,13 +12,21 @@ import math
 import random
 import re
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal
 
+from loadsim.config.limits import (
+    INT64_MAX,
+    MAX_ARRIVAL_RATE,
+    POSTGRES_MAX_CONNECTIONS,
+    POSTGRES_MAX_MS,
+    SEED_MAX,
+    max_instances,
+)
 from loadsim.config.thresholds import Threshold, parse_threshold
 from loadsim.errors import ScenarioError
 
@@ -139,17 +147,44 @@ def parse_distribution(value: object) -> Distribution:
 # -------------------------------------------------------------------------- pool keys
 
 
-def _integer(minimum: int, what: str) -> Callable[[object], int]:
+def shown(value: object, limit: int = 40) -> str:
+    """A value as an error repeats it: its repr, cut short when it is long."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int of more than 4300 digits
+        return "a number of thousands of digits"
+    if len(text) <= limit:
+        return text
+    length = len(value) if isinstance(value, str) else len(text)
+    return f"{text[: limit - 3]}... ({length} characters)"
+
+
+def _integer(
+    minimum: int,
+    what: str,
+    maximum: int | Callable[[], int] = INT64_MAX,
+    why: str = "the largest 64-bit integer",
+) -> Callable[[object], int]:
+    """An integer from `minimum` to `maximum` (a number, or a function of this machine), and
+    `why` that is the most."""
+
     def parse(value: object) -> int:
+        display = shown(value)
         if isinstance(value, str):
-            try:
-                value = int(value.strip())
-            except ValueError:
-                raise ValueError(f"expected {what}, got {value!r}") from None
+            text = value.strip()
+            digits = text.removeprefix("-") if text.startswith("-") else text.removeprefix("+")
+            if not (digits.isascii() and digits.isdigit()):
+                raise ValueError(f"expected {what}, got {shown(text)}")
+            # int() refuses more than 4300 digits: anything past 30 is out of range anyway
+            value = int(text) if len(digits) <= 30 else int(text[0].replace("+", "") + "9" * 31)
+            display = str(value) if len(digits) <= 30 else shown(text)
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"expected {what}, got {value!r}")
+            raise ValueError(f"expected {what}, got {display}")
         if value < minimum:
-            raise ValueError(f"expected {what}, got {value}")
+            raise ValueError(f"expected {what}, got {display}")
+        most = maximum() if callable(maximum) else maximum
+        if value > most:
+            raise ValueError(f"expected at most {most} ({why}), got {display}")
         return value
 
     return parse
@@ -203,12 +238,16 @@ def _echo_pool(value: object) -> bool | str:
 
 PoolValue = int | float | bool | str
 
+_MOST_CONNECTIONS = (POSTGRES_MAX_CONNECTIONS, "the most max_connections PostgreSQL accepts")
+
 #: Every pool setting a scenario, preset, environment variable or flag may set, with its parser.
 POOL_KEYS: Mapping[str, Callable[[object], Any]] = MappingProxyType(
     {
         "pool_class": _choice("queue", "null"),
-        "pool_size": _integer(1, "an integer of at least 1"),
-        "max_overflow": _integer(-1, "an integer of at least 0, or -1 for no limit"),
+        "pool_size": _integer(1, "an integer of at least 1", *_MOST_CONNECTIONS),
+        "max_overflow": _integer(
+            -1, "an integer of at least 0, or -1 for no limit", *_MOST_CONNECTIONS
+        ),
         "pool_timeout": _positive_seconds,
         "pool_recycle": _recycle_seconds,
         "pool_pre_ping": parse_bool,
@@ -344,19 +383,56 @@ class Arrivals:
             rate, start = stage.target, start + stage.duration
         return rate
 
+    def _pieces(self) -> Iterator[tuple[float, float, float, float]]:
+        """The rate as straight pieces: (start, end, rate at start, slope); the last one goes
+        on for ever at the last stage's target."""
+        rate, start = self.rate, 0.0
+        for stage in self.stages:
+            yield start, start + stage.duration, rate, (stage.target - rate) / stage.duration
+            rate, start = stage.target, start + stage.duration
+        yield start, math.inf, rate, 0.0
+
+    def expected(self, start: float, end: float) -> float:
+        """Requests due from `start` to `end` seconds into the run: the integral of the rate."""
+        total = 0.0
+        for first, last, rate, slope in self._pieces():
+            low, high = max(start, first), min(end, last)
+            if high > low:
+                at_low = rate + slope * (low - first)
+                total += (high - low) * (at_low + slope * (high - low) / 2)
+        return total
+
     def time_after(self, start: float, arrivals: float, horizon: float) -> float:
         """When `arrivals` more requests are due after `start` (seconds into the run): where
-        the integral of the rate from `start` reaches `arrivals`. math.inf if not before
+        the integral of the rate from `start` reaches `arrivals`; math.inf if not before
         `horizon`. Integrating, rather than taking 1/rate at `start`, keeps a ramp from a low
-        rate honest: the first gap does not stretch to the rate of its first instant."""
-        step = 0.001
-        moment = start
-        while moment < horizon:
-            rate = self.rate_at(moment + step / 2)
-            if rate * step >= arrivals:
-                return moment + arrivals / rate
-            arrivals -= rate * step
-            moment += step
+        rate honest: the first gap does not stretch to the rate of its first instant. Zero
+        more arrivals are due at the first moment the rate is above zero (a stage at rate 0
+        starts nothing). Exact, piece by piece (the rate is linear in each stage), so neither
+        a low rate nor a long run makes it slow."""
+        remaining = max(arrivals, 0.0)
+        for first, last, rate, slope in self._pieces():
+            if last <= start:
+                continue
+            low = max(start, first)
+            if low >= horizon:
+                return math.inf
+            at_low = rate + slope * (low - first)
+            if remaining == 0.0:
+                if at_low > 0 or slope > 0:
+                    return low
+                continue
+            high = min(last, horizon)
+            if math.isinf(high):
+                area = math.inf if at_low > 0 else 0.0
+            else:
+                area = (high - low) * (at_low + slope * (high - low) / 2)
+            if area >= remaining:
+                # at_low x + slope x^2 / 2 = remaining, in the form that cannot cancel out
+                root = math.sqrt(max(at_low * at_low + 2 * slope * remaining, 0.0))
+                moment = min(low + 2 * remaining / (at_low + root), high)
+                return moment if moment < horizon else math.inf
+            remaining -= area
         return math.inf
 
 
@@ -387,7 +463,14 @@ _WORKLOAD_TABLE_KEYS: Mapping[str, Callable[[object], Any]] = MappingProxyType(
 )
 
 
-INSTANCES = _integer(1, "an integer of at least 1")
+INSTANCES = _integer(
+    1,
+    "an integer of at least 1",
+    max_instances,
+    "instances are processes: 16 per CPU of this machine; more would measure its scheduler",
+)
+#: `--seed`: what random.Random takes, bounded so that run.start can write it.
+SEED = _integer(0, "an integer of at least 0", SEED_MAX, "the largest 64-bit unsigned integer")
 
 
 def _group_hold(value: object) -> Distribution:
@@ -421,22 +504,38 @@ def _times(value: object) -> tuple[float, ...]:
     return tuple(sorted(parse_duration(item) for item in values))
 
 
+def _server_timeout(value: object) -> float:
+    """A server setting in milliseconds: PostgreSQL takes up to INT_MAX of them."""
+    seconds = _positive_seconds(value)
+    if round(seconds * 1000) > POSTGRES_MAX_MS:
+        raise ValueError(
+            f"expected at most {POSTGRES_MAX_MS / 1000}s (24.8 days: PostgreSQL takes at most "
+            f"{POSTGRES_MAX_MS} ms), got {shown(value)}"
+        )
+    return seconds
+
+
 _FAULT_KEYS: Mapping[str, Callable[[object], Any]] = MappingProxyType(
     {
         "restart": _times,
         "terminate": _times,
         "terminate_which": _choice("idle", "all"),
-        "idle_session_timeout": _positive_seconds,
-        "idle_in_transaction_session_timeout": _positive_seconds,
+        "idle_session_timeout": _server_timeout,
+        "idle_in_transaction_session_timeout": _server_timeout,
     }
 )
 
 
 def _rate(value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ValueError(f"expected a number of requests per second, got {value!r}")
+        raise ValueError(f"expected a number of requests per second, got {shown(value)}")
     if value < 0:
-        raise ValueError(f"expected a rate of at least 0 per second, got {value!r}")
+        raise ValueError(f"expected a rate of at least 0 per second, got {shown(value)}")
+    if value > MAX_ARRIVAL_RATE:
+        raise ValueError(
+            f"expected at most {MAX_ARRIVAL_RATE:,.0f} requests per second (what one process "
+            f"can start or count as dropped; use --instances for more), got {shown(value)}"
+        )
     return float(value)
 
 
@@ -450,8 +549,13 @@ def _stages(value: object) -> tuple[Stage, ...]:
         if not isinstance(item, dict) or set(item) != {"duration", "target"}:
             raise ValueError(f"each stage needs exactly 'duration' and 'target', got {item!r}")
         stages.append(Stage(_positive_seconds(item["duration"]), _rate(item["target"])))
+    if len(stages) > MAX_STAGES:
+        raise ValueError(f"expected at most {MAX_STAGES} stages, got {len(stages)}")
     return tuple(stages)
 
+
+#: Stages an open workload may have (the driver looks its rate up in them at every request).
+MAX_STAGES = 1000
 
 _ARRIVAL_KEYS: Mapping[str, Callable[[object], Any]] = MappingProxyType(
     {
@@ -565,6 +669,10 @@ def parse_scenarios(text: str, path: Path) -> ScenarioFile:
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise ScenarioError(f"{path}: malformed TOML: {error}") from None
+    except ValueError:  # int() of a number with more digits than Python converts (4300)
+        raise ScenarioError(
+            f"{path}: a number has thousands of digits; no setting takes one that large"
+        ) from None
     _check_keys(document, ("presets", "scenarios"), f"{path}", "at the top level")
     presets_table = _table(document.get("presets", {}), f"{path}: [presets]")
     presets = {
@@ -630,7 +738,7 @@ def _parse_scenario(name: str, body: Mapping[str, Any], path: Path) -> Scenario:
         arrivals = Arrivals(**values_of)
         if workload.duration is None:
             raise ScenarioError(f"{where}: an open workload ([arrivals]) needs a 'duration'")
-    check_workload(workload, where, faults)
+    check_workload(workload, where, faults, arrivals)
     thresholds = body.get("thresholds", [])
     if not isinstance(thresholds, list):
         raise ScenarioError(
@@ -689,7 +797,12 @@ def _parse_groups(value: object, where: str) -> tuple[ClientGroup, ...]:
     return tuple(groups)
 
 
-def check_workload(workload: Workload, where: str, faults: Faults | None = None) -> None:
+def check_workload(
+    workload: Workload,
+    where: str,
+    faults: Faults | None = None,
+    arrivals: Arrivals | None = None,
+) -> None:
     """Contradictions between keys, checked again after flags are applied."""
     if workload.duration is None and workload.iterations is None:
         raise ScenarioError(f"{where}: set 'duration' or 'iterations' so that the run ends")
@@ -708,6 +821,16 @@ def check_workload(workload: Workload, where: str, faults: Faults | None = None)
         raise ScenarioError(
             f"{where}: a fault at {format_duration(faults.last)} comes after the end of the run "
             f"({format_duration(workload.duration)})"
+        )
+    if (
+        arrivals is not None
+        and workload.duration is not None
+        and arrivals.time_after(0.0, 0.0, workload.duration) == math.inf
+    ):
+        raise ScenarioError(
+            f"{where} [arrivals]: the rate is 0 for the whole duration "
+            f"({format_duration(workload.duration)}), so no request would ever start; "
+            "set 'rate' or a stage's 'target' above 0"
         )
 
 

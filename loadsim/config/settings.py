@@ -14,9 +14,18 @@ from typing import Any
 
 from dotenv import dotenv_values
 
+from loadsim.config.limits import (
+    BYTES_PER_CLIENT,
+    BYTES_PER_INSTANCE,
+    CONNECTION_HEADROOM,
+    POSTGRES_MAX_CONNECTIONS,
+    available_memory,
+    format_bytes,
+)
 from loadsim.config.scenario import (
     INSTANCES,
     POOL_KEYS,
+    SEED,
     WORKLOAD_KEYS,
     Arrivals,
     ClientGroup,
@@ -186,7 +195,7 @@ def resolve(
         # --iterations alone means "this many, however long it takes".
         workload = replace(workload, duration=None)
         sources["duration"] = FLAG
-    check_workload(workload, f"scenario {scenario.name!r}", scenario.faults)
+    check_workload(workload, f"scenario {scenario.name!r}", scenario.faults, scenario.arrivals)
     for key in ("ramp_up", "hold", "think", "query", "in_transaction"):
         sources[key] = "scenario" if key in scenario.workload_keys else DEFAULT
 
@@ -201,13 +210,14 @@ def resolve(
             f"got {log_level!r}"
         )
     sources["seed"] = FLAG if flags.seed is not None else DEFAULT
+    seed = _parse_flag(SEED, flags.seed, "seed") if flags.seed is not None else None
     if flags.instances is not None:
         instances, sources["instances"] = _parse_flag(INSTANCES, flags.instances, "instances"), FLAG
     elif scenario.instances is not None:
         instances, sources["instances"] = scenario.instances, "scenario"
     else:
         instances, sources["instances"] = 1, DEFAULT
-    return RunConfig(
+    config = RunConfig(
         scenario=scenario.name,
         description=scenario.description,
         database_url=database_url,
@@ -220,10 +230,95 @@ def resolve(
         + tuple(_parse_flag(parse_threshold, text, "threshold") for text in flags.thresholds),
         arrivals=scenario.arrivals,
         instances=instances,
-        seed=flags.seed,
+        seed=seed,
         log_level=log_level,
         sources=MappingProxyType(sources),
     )
+    check_resources(config)
+    return config
+
+
+#: The share of the memory available that the clients of a run may take: the rest is left to
+#: the embedded server, the writer and the machine.
+MEMORY_SHARE = 0.8
+
+
+def check_resources(config: RunConfig) -> None:
+    """What no PostgreSQL server, or not this machine, can hold: the connections the pools may
+    open, and the memory the clients take while they wait."""
+    where = f"scenario {config.scenario!r}"
+    instances = config.instances
+    per = f" x {instances} instances ({_named(config, 'instances')})" if instances > 1 else ""
+    most = POSTGRES_MAX_CONNECTIONS - CONNECTION_HEADROOM
+    capacity = config.pool.capacity
+    if capacity is not None and instances * capacity > most:
+        key = max(("pool_size", "max_overflow"), key=lambda name: getattr(config.pool, name))
+        raise ScenarioError(
+            f"{where}: {_named(config, key)}: pool_size + max_overflow = {capacity} connections"
+            f"{per} is more than any PostgreSQL server takes (max_connections is at most "
+            f"{POSTGRES_MAX_CONNECTIONS}, and {CONNECTION_HEADROOM} are kept free)"
+        )
+    if (
+        capacity is None
+        and config.database_url is None
+        and instances * config.most_connections > most
+    ):
+        raise ScenarioError(
+            f"{where}: {_named(config, _largest_crowd(config)[0])}: a pool with no limit "
+            f"(pool_class null, or max_overflow -1) may open a connection for each of "
+            f"{config.most_connections} clients{per}, more than the embedded PostgreSQL can "
+            f"take (max_connections is at most {POSTGRES_MAX_CONNECTIONS}); set a pool limit, "
+            "or fewer clients"
+        )
+    memory = available_memory()
+    usable = int(memory.available * MEMORY_SHARE)
+    overhead = BYTES_PER_INSTANCE * instances if instances > 1 else 0
+    waiting = config.total_clients + (
+        config.arrivals.max_in_flight if config.arrivals is not None else 0
+    )
+    needed = overhead + instances * waiting * BYTES_PER_CLIENT
+    if needed > usable:
+        key, count = _largest_crowd(config)
+        fit = max(0, (usable - overhead) // (instances * BYTES_PER_CLIENT) - (waiting - count))
+        raise ScenarioError(
+            f"{where}: {_named(config, key, count)}: {waiting} waiting clients{per} need "
+            f"about {format_bytes(needed)} of memory ({BYTES_PER_CLIENT // 1024} KiB each"
+            f"{f', and {format_bytes(BYTES_PER_INSTANCE)} an instance' if overhead else ''}), "
+            f"but this machine has {format_bytes(memory.available)} available ({memory.source}), "
+            f"of which a run takes at most {MEMORY_SHARE:.0%}: at most {fit} fit"
+        )
+
+
+def _largest_crowd(config: RunConfig) -> tuple[str, int]:
+    """The setting that asks for the most clients, and how many: the main workload's
+    clients, the groups' or an open workload's max_in_flight."""
+    crowds = [("groups", sum(group.clients for group in config.groups))]
+    if config.arrivals is None:
+        crowds.append(("clients", config.workload.clients))
+    else:
+        crowds.append(("max_in_flight", config.arrivals.max_in_flight))
+    return max(crowds, key=lambda crowd: crowd[1])
+
+
+def _named(config: RunConfig, key: str, value: int | None = None) -> str:
+    """A setting as the person who set it wrote it: the flag, the variable or the key (and
+    its value, when given)."""
+    source = config.sources.get(key)
+    if key == "groups":
+        named = "key 'clients' of its [[groups]]"
+    elif key == "max_in_flight":
+        named = "key 'max_in_flight' of its [arrivals]"
+    elif source == FLAG:
+        flag = FLAG_NAMES.get(key, "--" + key.replace("_", "-"))
+        return flag if value is None else f"{flag} {value}"
+    elif source == ENVIRONMENT:
+        variable = next(name for name, item in POOL_ENVIRONMENT.items() if item == key)
+        named = f"environment variable {variable}"
+    elif source is not None and source.startswith("preset "):
+        named = f"key {key!r} of {source}"
+    else:
+        named = f"key {key!r}" if source != DEFAULT else f"{key} (default)"
+    return named if value is None else f"{named} = {value}"
 
 
 def _parse_flag(parse: Callable[[object], Any], value: object, key: str) -> Any:

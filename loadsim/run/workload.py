@@ -57,6 +57,12 @@ class Client:
 
 
 _ARRIVALS_DRIVER = "arrivals"  # the behaviour of the task that starts an open workload's requests
+#: The arrivals driver gives the event loop a turn at least this often, however far behind.
+YIELD_S = 0.002
+#: ... and sleeps at most this long at a time, so that it notices a stop.
+WAKE_S = 0.1
+#: A request the driver reaches this long after its intended start is dropped and counted.
+LATE_S = 1.0
 
 
 def plan_clients(
@@ -145,7 +151,13 @@ class ClientFleet:
     async def _start_requests(self, driver: Client) -> None:
         """An open workload: start a request at each intended time, whether or not the pool
         keeps up. A request's response time runs from its intended start, so a stalled pool
-        shows up as latency instead of as a quietly lower load (coordinated omission)."""
+        shows up as latency instead of as a quietly lower load (coordinated omission).
+
+        The driver keeps to its schedule and never holds the event loop: it gives the loop a
+        turn at least every `YIELD_S` however far behind it is. A request due while
+        `max_in_flight` are in flight, or reached more than `LATE_S` after its time (the
+        process could not keep up), is dropped: counted in `requests` and `dropped`, and not
+        started."""
         assert self.arrivals is not None
         arrivals, metrics, group = self.arrivals, self.metrics, driver.group
         rng = self.rng_for(driver.id)
@@ -157,25 +169,42 @@ class ClientFleet:
         horizon = self.workload.duration or math.inf
         started = time.perf_counter()
         due = arrivals.time_after(0.0, rng.expovariate(1.0) if poisson else 0.0, horizon)
+        turn = started  # when the loop last had a turn
         async with asyncio.TaskGroup() as requests:
-            while not self.stopping and math.isfinite(due):
-                intended = started + due
-                delay = intended - time.perf_counter()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                    if self.stopping:
-                        break
-                metrics.requests += 1
-                if len(in_flight) >= arrivals.max_in_flight:
-                    metrics.dropped += 1
+            while not self.stopping:
+                now = time.perf_counter()
+                ahead = started + due - now  # inf: nothing more is due before the end
+                if ahead > 0:
+                    await asyncio.sleep(min(ahead, WAKE_S))  # wakes to notice a stop
+                    turn = time.perf_counter()
+                    continue
+                if -ahead > LATE_S or len(in_flight) >= arrivals.max_in_flight:
+                    # Behind, or no room: every request due by now is dropped and counted, at
+                    # once (one by one, a high rate would take all the process's time).
+                    caught_up = now - started
+                    overdue = arrivals.expected(due, caught_up)
+                    if poisson:  # the one due, and as many as are expected after it
+                        missed = 1 + round(overdue)
+                        due = arrivals.time_after(caught_up, rng.expovariate(1.0), horizon)
+                    else:  # each one due up to now, and the next on the same beat
+                        missed = max(1, math.ceil(overdue))
+                        due = arrivals.time_after(due, float(missed), horizon)
+                    metrics.requests += missed
+                    metrics.dropped += missed
                 else:
+                    metrics.requests += 1
                     request = Client(next_id, group, 0.0, request=True)
                     self.states[next_id] = ClientState.IDLE
                     in_flight[next_id] = requests.create_task(
-                        self._request(request, intended, group.hold.sample(rng), in_flight)
+                        self._request(request, started + due, group.hold.sample(rng), in_flight)
                     )
                     next_id += 1
-                due = arrivals.time_after(due, rng.expovariate(1.0) if poisson else 1.0, horizon)
+                    due = arrivals.time_after(
+                        due, rng.expovariate(1.0) if poisson else 1.0, horizon
+                    )
+                if now - turn > YIELD_S:  # behind schedule: the loop's other work goes first
+                    await asyncio.sleep(0)
+                    turn = time.perf_counter()
             for request_id, task in in_flight.items():
                 if self.states.get(request_id) != ClientState.HOLDING:
                     task.cancel()

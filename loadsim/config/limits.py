@@ -1,0 +1,79 @@
+"""What one loadsim process, this machine and any PostgreSQL server can do: the bounds every
+number of a scenario, a flag or an environment variable is checked against before anything
+starts. Each bound has its reason, which the error repeats.
+
+Standard library only: the configuration layer stays light.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+#: Counts that are written to the event stream (iterations, max_in_flight, ...) are 64-bit
+#: integers there, as in JSON parsers; beyond that the writer cannot render them.
+INT64_MAX = 2**63 - 1
+#: A seed is any 64-bit unsigned integer (as in most generators' seeding).
+SEED_MAX = 2**64 - 1
+
+#: PostgreSQL's MAX_BACKENDS: no server accepts a max_connections above it.
+POSTGRES_MAX_CONNECTIONS = 262_143
+#: Connections kept free above the pool on the embedded server (lifecycle's headroom).
+CONNECTION_HEADROOM = 20
+#: PostgreSQL's integer settings in milliseconds (idle_session_timeout, ...) stop at INT_MAX.
+POSTGRES_MAX_MS = 2**31 - 1
+
+#: Memory one waiting client costs (bench/scale.py: 16 KB at 1,000 to 50,000 clients).
+BYTES_PER_CLIENT = 16 * 1024
+#: Memory one instance process costs before its clients (Python, SQLAlchemy, asyncpg: ~60 MB).
+BYTES_PER_INSTANCE = 80 * 1024 * 1024
+
+#: Requests an open workload may ask for per second, per instance. One process starts (or
+#: drops and counts) about a quarter of a million a second on one core with nothing else to
+#: do; at this rate the arrivals driver still keeps to its schedule, and a run still stops
+#: at once on Ctrl-C. A pool serves far fewer (a few thousand checkouts a second): beyond
+#: this, a rate measures only how fast loadsim can count drops.
+MAX_ARRIVAL_RATE = 100_000.0
+
+#: Application instances per CPU: each is a Python process with its own event loop; beyond a
+#: few per CPU they measure the operating system's scheduler, not the pool.
+INSTANCES_PER_CPU = 16
+
+
+def max_instances() -> int:
+    return INSTANCES_PER_CPU * (os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class Memory:
+    """Memory this process may take without the machine swapping or killing it."""
+
+    available: int
+    #: Where the figure comes from, for the error.
+    source: str
+
+
+def available_memory(meminfo: Path = Path("/proc/meminfo")) -> Memory:
+    """MemAvailable from /proc/meminfo (memory the kernel can give without swapping), else
+    the physical memory (sysconf)."""
+    try:
+        for line in meminfo.read_text(encoding="ascii").splitlines():
+            name, _, value = line.partition(":")
+            if name == "MemAvailable":
+                kilobytes = value.split()[0]
+                return Memory(int(kilobytes) * 1024, f"MemAvailable in {meminfo}")
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        pages, page_size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):
+        return Memory(INT64_MAX, "unknown")
+    return Memory(pages * page_size, "physical memory")
+
+
+def format_bytes(count: int) -> str:
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if count >= size:
+            return f"{count / size:.1f} {unit}"
+    return f"{count} bytes"
