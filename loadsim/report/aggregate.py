@@ -519,6 +519,11 @@ class Folder:
 
     def _acquired(self, data: ScenarioData, event: Event, t: float) -> None:
         self._wait_ended(data, event, t)
+        self._waited(data, event)
+
+    def _waited(self, data: ScenarioData, event: Event) -> None:
+        """A wait that ended, with a connection or in a timeout at its full length: every
+        wait counts, as in the summary's `wait_time_ms`."""
         wait = event.get("wait_ms")
         if wait is None:
             return
@@ -543,6 +548,7 @@ class Folder:
             data._pending[instance] = pending
             self._add_counts(data, t)
         data.timeouts.append(t)
+        self._waited(data, event)
         stats = self._client(data, event)
         if stats is not None:
             stats.timeouts += 1
