@@ -264,7 +264,7 @@ def check_resources(config: RunConfig) -> None:
         and instances * config.most_connections > most
     ):
         raise ScenarioError(
-            f"{where}: {_named(config, _largest_crowd(config)[0])}: a pool with no limit "
+            f"{where}: {_named(config, *_largest_crowd(config))}: a pool with no limit "
             f"(pool_class null, or max_overflow -1) may open a connection for each of "
             f"{config.most_connections} clients{per}, more than the embedded PostgreSQL can "
             f"take (max_connections is at most {POSTGRES_MAX_CONNECTIONS}); set a pool limit, "

@@ -186,7 +186,7 @@ def _port(text: str) -> int | None:
     if not text:
         return None
     # Never repeated: when the host is missing, what stands here may be a password.
-    if not text.isascii() or not text.isdigit() or not 0 < int(text) < 65536:
+    if not text.isascii() or not text.isdigit() or len(text) > 5 or not 0 < int(text) < 65536:
         raise _error(f"its port is not a number from 1 to 65535; {_ENCODE_PASSWORD}")
     return int(text)
 
