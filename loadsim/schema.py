@@ -201,7 +201,12 @@ POOL_COUNTS = tuple(field.name for field in POOL_COUNT_FIELDS)
 COUNTER_FIELDS: tuple[Field, ...] = (
     _field("checkouts", "integer", "connections clients got from the pool", "count"),
     _field("requests", "integer", "open workloads: requests due to start", "count"),
-    _field("dropped", "integer", "open workloads: requests not started (max_in_flight)", "count"),
+    _field(
+        "dropped",
+        "integer",
+        "open workloads: requests not started (max_in_flight reached, or over a second late)",
+        "count",
+    ),
     _field(
         "timeouts",
         "integer",
