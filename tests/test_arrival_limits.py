@@ -101,6 +101,24 @@ def test_rates_beyond_what_one_process_can_start_are_refused(arrivals: str) -> N
         parse(arrivals)
 
 
+@pytest.mark.parametrize(
+    ("arrivals", "message"),
+    [
+        ("{ rate = 10, stages = [{ duration = 1e-320, target = 1e5 }] }", "at least 1ms"),
+        ("{ rate = 10, stages = [{ duration = '0s', target = 5 }] }", "at least 1ms"),
+        (
+            "{ rate = 10, stages = [" + "{ duration = '1ms', target = 5 }, " * 1001 + "] }",
+            "at most 1000 stages",
+        ),
+    ],
+    ids=["denormal-stage", "zero-stage", "too-many-stages"],
+)
+def test_stages_are_bounded(arrivals: str, message: str) -> None:
+    """A stage of 1e-320 s made the ramp's slope infinite (and the rate NaN)."""
+    with pytest.raises(ScenarioError, match=message):
+        parse(arrivals)
+
+
 def test_the_highest_rate_is_accepted() -> None:
     (scenario,) = parse(f"{{ rate = {MAX_ARRIVAL_RATE} }}").scenarios.values()
     assert scenario.arrivals.rate == MAX_ARRIVAL_RATE

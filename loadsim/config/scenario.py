@@ -539,6 +539,12 @@ def _rate(value: object) -> float:
     return float(value)
 
 
+#: Stages an open workload may have (the driver looks its rate up in them at every request).
+MAX_STAGES = 1000
+#: The shortest stage: a step in the rate (shorter ones would make its slope overflow).
+MIN_STAGE_S = 0.001
+
+
 def _stages(value: object) -> tuple[Stage, ...]:
     if not isinstance(value, list):
         raise ValueError(
@@ -548,14 +554,17 @@ def _stages(value: object) -> tuple[Stage, ...]:
     for item in value:
         if not isinstance(item, dict) or set(item) != {"duration", "target"}:
             raise ValueError(f"each stage needs exactly 'duration' and 'target', got {item!r}")
-        stages.append(Stage(_positive_seconds(item["duration"]), _rate(item["target"])))
+        duration = parse_duration(item["duration"])
+        if duration < MIN_STAGE_S:
+            raise ValueError(
+                f"a stage lasts at least {format_duration(MIN_STAGE_S)} (a step in the rate "
+                f"takes one), got {shown(item['duration'])}"
+            )
+        stages.append(Stage(duration, _rate(item["target"])))
     if len(stages) > MAX_STAGES:
         raise ValueError(f"expected at most {MAX_STAGES} stages, got {len(stages)}")
     return tuple(stages)
 
-
-#: Stages an open workload may have (the driver looks its rate up in them at every request).
-MAX_STAGES = 1000
 
 _ARRIVAL_KEYS: Mapping[str, Callable[[object], Any]] = MappingProxyType(
     {
