@@ -42,7 +42,12 @@ INSTANCES_PER_CPU = 16
 
 
 def max_instances() -> int:
-    return INSTANCES_PER_CPU * (os.cpu_count() or 1)
+    """16 per CPU this process may run on (its affinity, else the machine's count)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    return INSTANCES_PER_CPU * max(cpus, 1)
 
 
 @dataclass(frozen=True)
