@@ -1,18 +1,28 @@
 """The `loadsim` command. Parses flags, calls the layers below, maps errors to exit codes.
 
 stdout carries the event stream and nothing else; people's output goes to stderr.
+
+A signal before a run has taken over exits quietly with 128 + the signal (loadsim/signals.py):
+`main` sees to it, and so does importing this module as the `loadsim` console script does,
+before the imports below, which take a while.
 """
 
 from __future__ import annotations
+
+import os
+import sys
+
+from loadsim import signals
+
+if os.path.basename(getattr(sys.modules.get("__main__"), "__file__", None) or "") == "loadsim":
+    signals.quit_quietly()  # the console script (`python -m loadsim` did it in __main__)
 
 import contextlib
 import enum
 import errno
 import io
 import json
-import os
 import stat
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Annotated, NoReturn
@@ -292,7 +302,8 @@ def run(
         if outcome.interrupted_by is None:
             patience = None  # a run that ended on its own waits for its reader to read
     finally:
-        sink.close(patience)
+        with signals.interrupting() as stopped_by:  # a signal cuts the wait for a reader short
+            sink.close(patience)
         removed = output_file is not None and _remove_if_unwritten(output_file)
         if output_file is not None:
             output_file.stream.close()
@@ -319,11 +330,9 @@ def run(
         name = _stream_name(stream, output_file)
         raise OutputError(_write_failure(name, error, removed, regular[stream]))
     if sink.interrupted and outcome.interrupted_by is None:  # Ctrl-C while waiting to write
-        raise typer.Exit(130)
-    if outcome.interrupted_by == "SIGTERM":
-        raise typer.Exit(143)
-    if outcome.interrupted_by is not None:
-        raise typer.Exit(130)
+        raise typer.Exit(signals.exit_status(stopped_by[0]) if stopped_by else 130)
+    if outcome.interrupted_by is not None:  # 130, 143, 129: README, "Stopping"
+        raise typer.Exit(signals.exit_status(outcome.interrupted_by))
     if outcome.failures:
         raise typer.Exit(outcome.failures[0].exit_code)
     if failed:
@@ -345,9 +354,12 @@ def instance() -> None:
         if outcome.interrupted_by is None:
             patience = None
     finally:
-        sink.close(patience)
+        with signals.interrupting() as stopped_by:
+            sink.close(patience)
     if outcome.interrupted_by is not None:
-        raise typer.Exit(143 if outcome.interrupted_by == "SIGTERM" else 130)
+        raise typer.Exit(signals.exit_status(outcome.interrupted_by))
+    if stopped_by:  # told to stop while its parent was not reading
+        raise typer.Exit(signals.exit_status(stopped_by[0]))
 
 
 @app.command("list")
@@ -592,6 +604,10 @@ def _fail(message: str, exit_code: int) -> NoReturn:
 
 
 def main() -> None:
+    """The command. A stop signal exits quietly with 128 + the signal until a run's lifecycle
+    takes over (and after it, for what is left to do); the handlers that were there before
+    are back when it returns (it is called in process by tests)."""
+    saved = signals.quit_quietly()
     _standard_streams()
     try:
         exit_code = app(standalone_mode=False)
@@ -603,4 +619,8 @@ def main() -> None:
         _fail(f"{error.format_message()} (see '{command} --help')", error.exit_code)
     except typer.Abort:
         _fail("aborted", 130)
+    except KeyboardInterrupt:  # only outside the main thread, where signals cannot be handled
+        sys.exit(130)
+    finally:
+        signals.restore(saved)
     sys.exit(exit_code if isinstance(exit_code, int) else 0)

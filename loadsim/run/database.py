@@ -29,6 +29,7 @@ import signal
 import stat
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -55,10 +56,27 @@ _REAP_WAIT_S = 5.0
 _BUILD = ("pgxs", "pkgconfig")
 #: Every program we run gets this long; a hang is an error, never a hang of ours.
 _PROGRAM_TIMEOUT_S = 120.0
+#: How long a fast stop may take before it is made immediate, and each later step.
+_FAST_STOP_WAIT_S = 30.0
+_STOP_WAIT_S = 5.0
+#: postmaster.pid's line with the server's status ("ready" once it accepts connections).
+_PID_FILE_STATUS_LINE = 8
+
+
+class StartCancelled(Exception):
+    """`EmbeddedPostgres.start` was cancelled (a signal): nothing it began is left behind."""
 
 
 class EmbeddedPostgres:
-    """A private PostgreSQL server for one run. Use as a context manager."""
+    """A private PostgreSQL server for one run. Use as a context manager.
+
+    Its programs run in sessions of their own, so a terminal's Ctrl-C reaches loadsim alone,
+    which decides: `cancel` stops a start under way from another thread (the program that is
+    running is killed, and whatever the start made is deleted before it raises
+    StartCancelled), `hurry` makes a stop immediate, `abort` does both and waits. The
+    postmaster is our own child, started without pg_ctl, so that it can always be signalled
+    (through a pidfd) and waited for, even while it is starting.
+    """
 
     def __init__(self, max_connections: int = 100) -> None:
         self.max_connections = max_connections
@@ -68,6 +86,17 @@ class EmbeddedPostgres:
         self.reaped: list[Path] = []
         #: Why start() left alone directories that looked abandoned but were not loadsim's.
         self.left_alone: list[str] = []
+        self._postmaster: _Child | None = None
+        #: Held while a start step begins (a directory made, a program started) and by
+        #: cancel(), so that nothing begins after a cancel and nothing that began is missed.
+        self._lock = threading.Lock()
+        self._stop_lock = threading.Lock()  # one stop (or restart) at a time
+        self._up = False  # start() has succeeded: cancel() no longer applies
+        self._started = threading.Event()  # no start() under way
+        self._started.set()
+        self._cancelled = threading.Event()
+        self._hurry = threading.Event()
+        self._program: _Child | None = None  # initdb, while it runs
 
     @property
     def reaper_warnings(self) -> list[str]:
@@ -100,12 +129,19 @@ class EmbeddedPostgres:
         self.stop()
 
     def start(self) -> None:
-        self._bin = _embedded_binaries()
-        self.reaped = self.reap_abandoned()
-        # mkdtemp makes a 0700 directory: the socket inside is reachable by us alone.
-        self.directory = Path(tempfile.mkdtemp(prefix=_DIRECTORY_PREFIX))
-        (self.directory / _OWNER_FILE).write_text(str(os.getpid()))
+        """Starts the server; StartCancelled, with nothing left behind, if cancel() is
+        called meanwhile (from another thread, or a signal handler)."""
+        with self._lock:
+            self._check_cancelled()
+            self._started.clear()
         try:
+            self._bin = _embedded_binaries()
+            self.reaped = self.reap_abandoned()
+            with self._lock:
+                self._check_cancelled()
+                # mkdtemp makes a 0700 directory: the socket inside is reachable by us alone.
+                self.directory = Path(tempfile.mkdtemp(prefix=_DIRECTORY_PREFIX))
+                (self.directory / _OWNER_FILE).write_text(str(os.getpid()))
             self._prepare_for_root()
             self._run(
                 "initdb",
@@ -117,34 +153,67 @@ class EmbeddedPostgres:
                 "--encoding=UTF8",
                 "--no-sync",
                 "--no-instructions",
+                cancellable=True,
             )
-            self._pg_ctl("start", "-l", str(self.directory / "server.log"))
-        except BaseException:
-            self.stop()
+            self._start_postmaster(cancellable=True)
+            with self._lock:
+                self._check_cancelled()
+                self._up = True
+        except BaseException as error:
+            cancelled = self._cancelled.is_set()
+            self.stop(mode="immediate" if cancelled else "fast")
+            if cancelled and not isinstance(error, StartCancelled):
+                raise StartCancelled() from None  # what failed failed because we killed it
             raise
+        finally:
+            self._started.set()
+
+    def cancel(self) -> None:
+        """Stops a start under way, from another thread or a signal handler: the program it
+        runs is killed, nothing more begins, and start() deletes what it made and raises
+        StartCancelled; a start() not yet begun raises it at once. Returns at once; nothing
+        once the server is up."""
+        with self._lock:  # (held only while a step begins: never for long)
+            if self._up:
+                return
+            self._cancelled.set()
+            if self._program is not None:
+                self._program.kill_group()  # initdb and the postgres it runs
+            if self._postmaster is not None:
+                self._postmaster.send(signal.SIGQUIT)  # the immediate stop, even mid-start
+
+    def hurry(self) -> None:
+        """Makes the stop under way, or the next one, immediate (a second signal)."""
+        self._hurry.set()
+
+    def abort(self, timeout: float = 15.0) -> None:
+        """At once: cancels a start under way and waits (up to `timeout`) for it to have
+        cleaned up, then stops the server immediately. For a second signal, before exiting."""
+        self.hurry()
+        self.cancel()
+        self._started.wait(timeout)
+        self.stop(mode="immediate")
 
     def restart(self) -> None:
         """A real fast restart: every session is terminated, the server comes back."""
-        assert self.directory is not None
-        self._pg_ctl("restart", "-m", "fast", "-l", str(self.directory / "server.log"))
+        with self._stop_lock:
+            if self.directory is None:
+                raise DatabaseUnavailable("the embedded PostgreSQL is stopped: no restart")
+            self._stop_postmaster("fast")
+            self._start_postmaster(cancellable=False)
 
     def stop(self, mode: str = "fast") -> None:
         """Stops the server and deletes its directory; never raises for a server that will
-        not stop (it is stopped immediately, and its directory deleted all the same)."""
-        if self.directory is None:
-            return
-        try:
-            for attempt in (mode, "immediate"):
-                if not (self.data_directory / "postmaster.pid").exists():
-                    break
-                try:
-                    self._run("pg_ctl", "-D", str(self.data_directory), "-m", attempt, "-w", "stop")
-                    break
-                except DatabaseUnavailable:
-                    continue
-        finally:
-            shutil.rmtree(self.directory, ignore_errors=True)
-            self.directory = None
+        not stop (it is stopped immediately, then killed, and its directory deleted all the
+        same). Safe to call from any thread, and again."""
+        with self._stop_lock:
+            if self.directory is None:
+                return
+            try:
+                self._stop_postmaster(mode)
+            finally:
+                shutil.rmtree(self.directory, ignore_errors=True)
+                self.directory = None
 
     def reap_abandoned(self) -> list[Path]:
         """Stops and deletes embedded servers left behind by loadsim processes that died
@@ -175,25 +244,87 @@ class EmbeddedPostgres:
 
     # ----------------------------------------------------------------- internals
 
-    def _pg_ctl(self, action: str, *extra: str) -> None:
-        options = (
-            f"-c listen_addresses='' -c unix_socket_directories='{self.directory}' "
-            f"-c unix_socket_permissions=0700 -c max_connections={self.max_connections} "
-            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
-            "-c shared_buffers=32MB"
-        )
-        self._run(
-            "pg_ctl",
-            "-D",
-            str(self.data_directory),
-            "-w",
-            "-t",
-            "60",
-            "-o",
-            options,
-            *extra,
-            action,
-        )
+    def _check_cancelled(self) -> None:
+        if self._cancelled.is_set():
+            raise StartCancelled()
+
+    def _start_postmaster(self, *, cancellable: bool) -> None:
+        """The postmaster, as pg_ctl would start it (`postgres -D DATA -c ...`, its output
+        in server.log, in a session of its own), and waits until it accepts connections."""
+        assert self.directory is not None
+        options = {
+            "listen_addresses": "",
+            "unix_socket_directories": str(self.directory),
+            "unix_socket_permissions": "0700",
+            "max_connections": str(self.max_connections),
+            "fsync": "off",
+            "synchronous_commit": "off",
+            "full_page_writes": "off",
+            "shared_buffers": "32MB",
+        }
+        command = [str(self._bin / "postgres"), "-D", str(self.data_directory)]
+        for name, value in options.items():
+            command += ["-c", f"{name}={value}"]
+        with open(self.directory / "server.log", "ab") as log, self._lock:
+            if cancellable:
+                self._check_cancelled()
+            self._postmaster = _Child.start(command, self.directory, self._account, log)
+        self._wait_until_ready(self._postmaster)
+
+    def _wait_until_ready(self, postmaster: _Child) -> None:
+        """Until postmaster.pid says the server is ready (what pg_ctl -w waits for)."""
+        pid_file = self.data_directory / "postmaster.pid"
+        deadline = time.monotonic() + _PROGRAM_TIMEOUT_S
+        while True:
+            if postmaster.wait_exited(0.02):
+                self._check_cancelled()
+                detail = self.log_tail().splitlines()
+                raise DatabaseUnavailable(
+                    "the embedded PostgreSQL failed (server start): "
+                    f"{detail[-1] if detail else 'no message'}"
+                )
+            try:
+                lines = pid_file.read_text().splitlines()
+            except OSError:
+                lines = []
+            if (
+                len(lines) >= _PID_FILE_STATUS_LINE
+                and lines[0].strip() == str(postmaster.pid)
+                and lines[_PID_FILE_STATUS_LINE - 1].strip() in ("ready", "standby")
+            ):
+                return
+            if time.monotonic() > deadline:
+                raise DatabaseUnavailable(
+                    "the embedded PostgreSQL failed (server start): no answer in "
+                    f"{_PROGRAM_TIMEOUT_S:.0f} s"
+                )
+
+    def _stop_postmaster(self, mode: str) -> None:
+        """SIGINT (fast) or SIGQUIT (immediate), then SIGQUIT, then SIGKILL, until it has
+        exited; a hurry() on the way skips to the immediate stop."""
+        postmaster = self._postmaster
+        if postmaster is None:
+            if (self.data_directory / "postmaster.pid").exists():  # not ours: pg_ctl's way
+                with contextlib.suppress(DatabaseUnavailable):
+                    self._run("pg_ctl", "-D", str(self.data_directory), "-m", "immediate", "stop")
+            return
+        steps = [(signal.SIGQUIT, _STOP_WAIT_S), (signal.SIGKILL, _STOP_WAIT_S)]
+        if mode == "fast" and not self._hurry.is_set():
+            steps.insert(0, (signal.SIGINT, _FAST_STOP_WAIT_S))
+        try:
+            for signum, wait in steps:
+                postmaster.send(signum)
+                deadline = time.monotonic() + wait
+                while not postmaster.wait_exited(0.05):
+                    if time.monotonic() > deadline or (
+                        signum == signal.SIGINT and self._hurry.is_set()
+                    ):
+                        break
+                else:
+                    break
+        finally:
+            postmaster.reap()
+            self._postmaster = None
 
     def _prepare_for_root(self) -> None:
         """As root: the server account, its own copy of the wheel's files in the run's
@@ -206,37 +337,120 @@ class EmbeddedPostgres:
         os.chown(self.directory, uid, gid)
         self._account = (uid, gid)
 
-    def _run(self, program: str, *arguments: str, check: bool = True) -> None:
+    def _run(self, program: str, *arguments: str, cancellable: bool = False) -> None:
+        """Runs one of the server's programs to its end, in a session of its own; a
+        `cancellable` one is killed by cancel() (and never starts after it)."""
         command = [str(self._bin / program), *arguments]
-        account: dict[str, Any] = {}
-        if self._account is not None:  # its own uid, group and no supplementary group of ours
-            account = {"user": self._account[0], "group": self._account[1], "extra_groups": []}
         what = f"{program} {arguments[-1]}"
+        with tempfile.TemporaryFile() as errors:
+            try:
+                with self._lock:
+                    if cancellable:
+                        self._check_cancelled()
+                    child = _Child.start(command, self.directory, self._account, errors)
+                    if cancellable:
+                        self._program = child
+            except OSError as error:
+                raise DatabaseUnavailable(
+                    f"the embedded PostgreSQL failed ({what}): {error.strerror or error}"
+                ) from None
+            try:
+                finished = child.wait_exited(_PROGRAM_TIMEOUT_S)
+                with self._lock:
+                    self._program = None
+                if not finished:
+                    child.kill_group()
+            finally:
+                code = child.reap()
+            if cancellable:
+                self._check_cancelled()
+            if not finished:
+                raise DatabaseUnavailable(
+                    f"the embedded PostgreSQL failed ({what}): no answer in "
+                    f"{_PROGRAM_TIMEOUT_S:.0f} s"
+                )
+            if code != 0:
+                errors.seek(0)
+                text = errors.read().decode(errors="replace")
+                detail = (text.strip() or self.log_tail()).splitlines()
+                raise DatabaseUnavailable(
+                    f"the embedded PostgreSQL failed ({what}): "
+                    f"{detail[-1] if detail else 'no message'}"
+                )
+
+
+class _Child:
+    """A program of the server's that we started, in a session of its own: signalled through
+    a pidfd (so never another process that took its number), and waited for without being
+    reaped until `reap`, so that its process group can be killed until then."""
+
+    def __init__(self, process: subprocess.Popen[bytes]) -> None:
+        self.process = process
+        self.pid = process.pid
         try:
-            result = subprocess.run(
-                command,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-                text=True,
-                cwd=self.directory,
-                timeout=_PROGRAM_TIMEOUT_S,
-                check=False,
-                **account,
-            )
-        except subprocess.TimeoutExpired:
-            raise DatabaseUnavailable(
-                f"the embedded PostgreSQL failed ({what}): no answer in {_PROGRAM_TIMEOUT_S:.0f} s"
-            ) from None
-        except OSError as error:
-            raise DatabaseUnavailable(
-                f"the embedded PostgreSQL failed ({what}): {error.strerror or error}"
-            ) from None
-        if check and result.returncode != 0:
-            detail = (result.stderr.strip() or self.log_tail()).splitlines()
-            raise DatabaseUnavailable(
-                f"the embedded PostgreSQL failed ({what}): {detail[-1] if detail else 'no message'}"
-            )
+            self._handle: int | None = os.pidfd_open(process.pid)
+        except (AttributeError, OSError):
+            self._handle = None
+
+    @classmethod
+    def start(
+        cls, command: list[str], cwd: Path | None, account: tuple[int, int] | None, output: Any
+    ) -> _Child:
+        options: dict[str, Any] = {}
+        if account is not None:  # its own uid, group and no supplementary group of ours
+            options = {"user": account[0], "group": account[1], "extra_groups": []}
+        process = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=output,
+            stderr=output,
+            cwd=cwd,
+            start_new_session=True,  # a terminal's Ctrl-C is loadsim's to handle, not its
+            **options,
+        )
+        return cls(process)
+
+    def send(self, signum: int) -> None:
+        with contextlib.suppress(ProcessLookupError, OSError):
+            if self._handle is not None:
+                signal.pidfd_send_signal(self._handle, signum)
+            else:
+                self.process.send_signal(signum)
+
+    def kill_group(self) -> None:
+        """SIGKILL to its whole process group (it and what it started). Only before `reap`:
+        until then its number, and its group's, cannot be anyone else's."""
+        if self.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.pid, signal.SIGKILL)
+
+    def wait_exited(self, timeout: float) -> bool:
+        """Waits up to `timeout` for it to exit, without reaping it: True if it has."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.process.returncode is not None:
+                return True
+            try:
+                if os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT):
+                    return True
+            except ChildProcessError:
+                return True  # reaped already
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            if self._handle is not None:
+                select.select([self._handle], [], [], left)
+            else:
+                time.sleep(min(left, 0.02))
+
+    def reap(self) -> int:
+        """Waits for it to exit (kill it first), collects its exit status, lets it go."""
+        try:
+            return self.process.wait()
+        finally:
+            if self._handle is not None:
+                os.close(self._handle)
+                self._handle = None
 
 
 # ------------------------------------------------------------ the server's account and files

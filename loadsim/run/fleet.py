@@ -30,6 +30,7 @@ from typing import IO, Any
 
 from sqlalchemy.engine import URL
 
+from loadsim import signals
 from loadsim.config.settings import RunConfig
 from loadsim.errors import DatabaseUnavailable, InstanceFailed
 from loadsim.run.database import ServerObserver, server_info
@@ -40,9 +41,16 @@ from loadsim.run.lifecycle import Lifecycle, RunOutcome
 from loadsim.schema import ADDITIVE_FIGURES, EVENT_NAMES, LATENCY_NAMES
 
 INSTANCE_COMMAND = "_instance"
-#: How an instance may end once we passed it a signal: stopped by it (130, 143), finished
-#: first (0), or killed by it before it could handle it (at a second signal: SIGKILL).
-_STOPPED_BY_US = {0, 130, 143, -signal.SIGINT, -signal.SIGTERM, -signal.SIGKILL}
+#: How an instance may end once we passed it a signal: stopped by it (128 + n: 130, 143,
+#: 129), finished first (0), or killed by it (at a second signal: SIGKILL).
+_STOPPED_BY_US = {
+    0,
+    *(128 + n for n in signals.STOP_SIGNALS),
+    *(-n for n in signals.STOP_SIGNALS),
+    -signal.SIGKILL,
+}
+#: How long a signal waits for an instance to have its handlers (its interpreter starting).
+_READY_WAIT_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -75,11 +83,29 @@ class Fleet(Lifecycle):
     ) -> None:
         super().__init__(configs, sink, log_format=log_format, warn=warn, kinds=kinds, loop=loop)
         self._children: list[asyncio.subprocess.Process] = []
+        self._passing: set[asyncio.Task[None]] = set()  # signals waiting for an instance
 
     def on_signal(self, signum: int, again: bool) -> None:
         """Passes each signal on to the instances, once; at the second, kills them."""
         for child in self._children:
-            _send_signal(child, signal.SIGKILL if again else signum)
+            if again:
+                _send_signal(child, signal.SIGKILL)
+            else:
+                self._pass_on(child, signum)
+
+    def _pass_on(self, child: asyncio.subprocess.Process, signum: int) -> None:
+        """The signal to an instance as soon as it has loadsim's handlers: one still in its
+        interpreter's start-up would die of it with a traceback, and fail the fleet."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # (no loop: no instance is starting either)
+            loop = None
+        if loop is not None and signals.handles_stop_signals(child.pid) is False:
+            task = loop.create_task(_send_when_ready(child, signum))
+            self._passing.add(task)
+            task.add_done_callback(self._passing.discard)
+        else:
+            _send_signal(child, signum)
 
     def on_output_closed(self) -> None:
         for child in self._children:
@@ -88,7 +114,7 @@ class Fleet(Lifecycle):
     def _pass_on_stop(self, child: asyncio.subprocess.Process) -> None:
         """For an instance that started while the run was being stopped."""
         if self.outcome.interrupted_by is not None:
-            _send_signal(child, signal.Signals[self.outcome.interrupted_by])
+            self._pass_on(child, signal.Signals[self.outcome.interrupted_by])
         elif self.outcome.output_closed:
             _close_stdin(child)
 
@@ -212,6 +238,17 @@ def _instances(numbers: list[str]) -> str:
 def _send_signal(child: asyncio.subprocess.Process, signum: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         child.send_signal(signum)
+
+
+async def _send_when_ready(child: asyncio.subprocess.Process, signum: int) -> None:
+    """Sends `signum` once the instance handles it (or has ended, or after _READY_WAIT_S)."""
+    deadline = asyncio.get_running_loop().time() + _READY_WAIT_S
+    while child.returncode is None and signals.handles_stop_signals(child.pid) is False:
+        if asyncio.get_running_loop().time() > deadline:
+            break
+        await asyncio.sleep(0.005)
+    if child.returncode is None:
+        _send_signal(child, signum)
 
 
 def _close_stdin(child: asyncio.subprocess.Process) -> None:

@@ -10,11 +10,20 @@ what else a signal or a closed output must do (`on_signal`, `on_output_closed`).
 - `Runner` (runner.py): one process, one pool per scenario.
 - `Fleet` (fleet.py): N instance processes, each a `Runner`, relayed into one stream.
 
-Stopping: the first SIGINT or SIGTERM records itself (`interrupted_by`) and asks the run to
-stop (`stop_requested`); a second stops the embedded server at once, writes what was sent,
-and exits 128 + the signal. When every output stream has failed (`loadsim run … | head`),
-the run stops as if its time were up, with `stop_reason` "output closed"; when one fails of
-itself (a full disk: `EventSink.write_error`), it stops the same way, "output failed".
+Stopping: the first SIGINT, SIGTERM or SIGHUP records itself (`interrupted_by`: the CLI
+exits 128 + its number) and asks the run to stop (`stop_requested`); during the embedded
+server's start it cancels the start, which leaves nothing behind. A second stops the server
+at once (waiting for a cancelled start to have cleaned up), writes what was sent, and exits.
+The handlers are the process's own (`signal.signal`, not the loop's), installed before the
+event loop exists and kept until the server is stopped after it has closed: a signal while
+the loop runs is handed to it; before or after, it is recorded (a second makes the server's
+stop immediate). So a signal after the last scenario's `run.end`, while the server stops,
+still ends in a clean stop and exit status 128 + n; that run.end keeps `interrupted: false`
+(its figures are whole).
+
+When every output stream has failed (`loadsim run … | head`), the run stops as if its time
+were up, with `stop_reason` "output closed"; when one fails of itself (a full disk:
+`EventSink.write_error`), it stops the same way, "output failed".
 """
 
 from __future__ import annotations
@@ -26,14 +35,16 @@ import signal
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from types import FrameType
 from typing import Any
 
 from sqlalchemy.engine import URL
 
+from loadsim import signals
 from loadsim.config.settings import RunConfig
 from loadsim.config.thresholds import evaluate
-from loadsim.errors import LoadsimError, ScenarioError
-from loadsim.run.database import EmbeddedPostgres, ServerInfo
+from loadsim.errors import DatabaseUnavailable, LoadsimError, ScenarioError
+from loadsim.run.database import EmbeddedPostgres, ServerInfo, StartCancelled
 from loadsim.run.engine import parse_database_url
 from loadsim.run.events import EventLog, EventSink, LogFormat
 from loadsim.schema import EVENT_NAMES
@@ -88,6 +99,8 @@ class Lifecycle:
         self.stop_requested = asyncio.Event()
         self._parent_fd = parent_fd
         self._signals = 0
+        #: The running loop, while `_main` runs: a signal is handed to it.
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # ------------------------------------------------------------ for subclasses
 
@@ -103,34 +116,59 @@ class Lifecycle:
     # ----------------------------------------------------------------- lifecycle
 
     def run(self) -> RunOutcome:
-        """Runs every scenario; always stops the embedded server it started."""
-        loop_factory, self.outcome.event_loop = choose_event_loop(self.loop)
+        """Runs every scenario; always stops the embedded server it started. The stop
+        signals are this run's from the start to the end (the handlers that were there
+        before are back when it returns)."""
+        saved = signals.install(self._signalled)
         try:
-            with asyncio.Runner(loop_factory=loop_factory) as runner:
-                runner.run(self._main())
+            loop_factory, self.outcome.event_loop = choose_event_loop(self.loop)
+            try:
+                with asyncio.Runner(loop_factory=loop_factory) as runner:
+                    runner.run(self._main())
+            finally:
+                self.sink.flush()
+                if self.server is not None:
+                    self.server.stop()  # a signal now: recorded; a second: an immediate stop
         finally:
-            self.sink.flush()
-            if self.server is not None:
-                self.server.stop()
+            signals.restore(saved)
         return self.outcome
 
     async def _main(self) -> None:
         loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, self._on_signal, signum)
+        self._loop = loop
         if self._parent_fd is not None:
             self._watch_parent(loop, self._parent_fd)
         watch = asyncio.create_task(self._flush_periodically())
         try:
-            self.server = await start_server_if_needed(self.configs, self.warn)
+            if self.stopping:
+                return  # a signal before the loop was up
+            self.server = embedded_server_for(self.configs)
+            if self.server is not None and not await self._start_server(self.server):
+                return
             for config in self.configs:
                 if self.stopping:
                     break
                 await self.run_scenario(config, scenario_url(config, self.server))
         finally:
+            self._loop = None
             watch.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watch
+
+    async def _start_server(self, server: EmbeddedPostgres) -> bool:
+        """Starts the embedded server in a thread: True once it is up, False when a signal
+        cancelled the start (it left nothing behind)."""
+        try:
+            await asyncio.to_thread(server.start)
+        except StartCancelled:
+            return False
+        except DatabaseUnavailable:
+            if self.outcome.interrupted_by is not None:
+                return False  # it failed because it was interrupted: not the database's fault
+            raise
+        for message in server.reaper_warnings:  # abandoned servers stopped, or left alone
+            self.warn(message)
+        return True
 
     @property
     def stopping(self) -> bool:
@@ -145,18 +183,51 @@ class Lifecycle:
             return "output failed" if self.sink.write_error is not None else "output closed"
         return None
 
-    def _on_signal(self, signum: int) -> None:
+    def _signalled(self, signum: int, frame: FrameType | None) -> None:
+        """The stop signals' handler: runs in the main thread between any two bytecodes, so
+        it only hands the signal to the loop (as asyncio.Runner does with SIGINT), or, with
+        no loop running, records it."""
+        if signum == signal.SIGHUP:
+            signals.let_go_of_a_hung_up_terminal()  # before anything writes to it again
+        loop = self._loop
+        if loop is not None:
+            try:
+                loop.call_soon_threadsafe(self._on_signal, signum)
+                return
+            except RuntimeError:  # the loop has just closed
+                pass
+        self._on_signal_outside_loop(signum)
+
+    def _count(self, signum: int) -> bool:
+        """Records a signal; True when it is not the first."""
         self._signals += 1
-        again = self._signals > 1
         if self.outcome.interrupted_by is None:
             self.outcome.interrupted_by = signal.Signals(signum).name
+        return self._signals > 1
+
+    def _on_signal(self, signum: int) -> None:
+        """A signal, in the loop."""
+        again = self._count(signum)
         self.on_signal(signum, again)
         if again:
-            # A second signal: no more patience. Leave no server behind, then go.
+            # A second signal: no more patience. Leave no server behind (a start under way
+            # is cancelled and has cleaned up first), write what was sent, and go.
             if self.server is not None:
-                self.server.stop(mode="immediate")
+                self.server.abort()
             self.sink.close()  # everything sent is written before we go
-            os._exit(128 + signum)
+            assert self.outcome.interrupted_by is not None
+            os._exit(signals.exit_status(self.outcome.interrupted_by))
+        if self.server is not None:
+            self.server.cancel()  # a start under way stops; nothing once the server is up
+        self.stop_requested.set()
+
+    def _on_signal_outside_loop(self, signum: int) -> None:
+        """A signal before the loop runs, or after it closed (the server stopping): the
+        run stops, or has stopped; a second makes the server's stop immediate."""
+        again = self._count(signum)
+        self.on_signal(signum, again)
+        if again and self.server is not None:
+            self.server.hurry()
         self.stop_requested.set()
 
     def output_closed(self) -> None:
@@ -230,23 +301,17 @@ class Lifecycle:
         self.outcome.summaries.append({"scenario": config.scenario, **summary})
 
 
-async def start_server_if_needed(
-    configs: Sequence[RunConfig], warn: Callable[[str], None]
-) -> EmbeddedPostgres | None:
-    """The embedded server, started when a scenario has no DATABASE_URL, with room for the
-    most connections any of them may open (every instance of it) plus the seed's 20. A bad
-    URL fails here, before anything starts."""
+def embedded_server_for(configs: Sequence[RunConfig]) -> EmbeddedPostgres | None:
+    """The embedded server (not started), when a scenario has no DATABASE_URL, with room for
+    the most connections any of them may open (every instance of it) plus the seed's 20. A
+    bad URL fails here, before anything starts."""
     for config in configs:
         if config.database_url is not None:
             parse_database_url(config.database_url)
     if all(config.database_url is not None for config in configs):
         return None
     largest = max(config.instances * config.most_connections for config in configs)
-    server = EmbeddedPostgres(max_connections=max(100, largest + EMBEDDED_HEADROOM))
-    await asyncio.to_thread(server.start)
-    for message in server.reaper_warnings:  # abandoned servers stopped, or left alone
-        warn(message)
-    return server
+    return EmbeddedPostgres(max_connections=max(100, largest + EMBEDDED_HEADROOM))
 
 
 def capacity_warning(config: RunConfig, info: ServerInfo, instances: int) -> str | None:
