@@ -41,6 +41,7 @@ from typing import Any
 from sqlalchemy.engine import URL
 
 from loadsim import signals
+from loadsim.config.limits import CONNECTION_HEADROOM
 from loadsim.config.settings import RunConfig
 from loadsim.config.thresholds import evaluate
 from loadsim.errors import DatabaseUnavailable, LoadsimError, ScenarioError
@@ -51,8 +52,6 @@ from loadsim.schema import EVENT_NAMES
 
 #: How often the event stream is flushed, and a closed output noticed.
 FLUSH_INTERVAL_S = 0.25
-#: Headroom above the largest pool for the embedded server (the seed's "+ 20").
-EMBEDDED_HEADROOM = 20
 
 
 @dataclass
@@ -311,7 +310,7 @@ def embedded_server_for(configs: Sequence[RunConfig]) -> EmbeddedPostgres | None
     if all(config.database_url is not None for config in configs):
         return None
     largest = max(config.instances * config.most_connections for config in configs)
-    return EmbeddedPostgres(max_connections=max(100, largest + EMBEDDED_HEADROOM))
+    return EmbeddedPostgres(max_connections=max(100, largest + CONNECTION_HEADROOM))
 
 
 def capacity_warning(config: RunConfig, info: ServerInfo, instances: int) -> str | None:
