@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPOSITORY, clean_environment
+from tests.helpers import REPOSITORY, RecordedLogs, clean_environment
 
 #: Heavy libraries that only `loadsim run` (and, for matplotlib, report and compare) needs.
 RUN_SIDE = ("sqlalchemy", "asyncpg", "structlog", "hdrh", "loadsim.run")
@@ -46,24 +46,6 @@ def loaded_by(tmp_path: Path, *arguments: str) -> set[str]:
     return set(json.loads(last.removeprefix("LOADED ")))
 
 
-def minimal_log(path: Path) -> Path:
-    """A two-line run log: enough for the report to read, chart and write a page."""
-    from loadsim.schema import SCHEMA_VERSION
-
-    envelope = {"run_id": "r1", "scenario": "tiny", "instance": 0}
-    start = {
-        "ts": "2026-01-01T00:00:00Z",
-        "t": 0.0,
-        "event": "run.start",
-        **envelope,
-        "schema_version": SCHEMA_VERSION,
-        "pool": {"pool_size": 5, "max_overflow": 0, "pool_class": "queue"},
-    }
-    end = {"ts": "2026-01-01T00:00:01Z", "t": 1.0, "event": "run.end", **envelope, "summary": {}}
-    path.write_text(json.dumps(start) + "\n" + json.dumps(end) + "\n", encoding="utf-8")
-    return path
-
-
 @pytest.mark.parametrize(
     "arguments",
     [
@@ -84,9 +66,8 @@ def test_commands_that_read_files_load_no_run_side(
     assert "loadsim.config" in loaded or "--help" in arguments  # the probe saw the command
 
 
-def test_report_loads_the_charts_but_no_run_side(tmp_path: Path) -> None:
-    log = minimal_log(tmp_path / "tiny.jsonl")
-    loaded = loaded_by(tmp_path, "report", str(log), "--out", str(tmp_path / "out"))
+def test_report_loads_the_charts_but_no_run_side(recorded: RecordedLogs, tmp_path: Path) -> None:
+    loaded = loaded_by(tmp_path, "report", str(recorded.saturation), "--out", str(tmp_path / "out"))
     assert (tmp_path / "out" / "index.html").is_file()
     assert "matplotlib" in loaded  # it did draw
     assert loaded.isdisjoint(RUN_SIDE), sorted(loaded & set(RUN_SIDE))
