@@ -4,7 +4,7 @@ cleanly → summary.
 The lifecycle around them (event loop, signals, the embedded server, the loop over scenarios,
 a closed output) is `Lifecycle`'s, shared with a fleet (lifecycle.py). The runner owns every
 task it starts (one `asyncio.TaskGroup` per scenario) and cancels them all on the way out.
-SIGINT and SIGTERM stop the clients, write `run.end` with `interrupted: true`, dispose the
+SIGINT, SIGTERM and SIGHUP stop the clients, write `run.end` with `interrupted: true`, dispose the
 engine and stop the embedded server; a second signal stops the server at once and exits.
 """
 
