@@ -396,3 +396,20 @@ def charts_of(report: Report, scenario: str) -> dict[str, dict[str, Any]]:
                 chart.name.rsplit("-", 1)[1].removesuffix(".png"): chart.data for chart in charts
             }
     raise AssertionError(f"no scenario {scenario} in the report")
+
+
+def assert_user_error(
+    result: subprocess.CompletedProcess[str], exit_code: int, *details: str
+) -> str:
+    """The command failed with `exit_code` and one clear error line holding every detail."""
+    report = f"exit {result.returncode}\nstdout: {result.stdout!r}\nstderr: {result.stderr!r}"
+    assert "Traceback" not in result.stderr, report
+    assert result.returncode == exit_code, report
+    assert result.stdout == "", report
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, report
+    (line,) = lines
+    assert line.startswith("loadsim: error:"), report
+    for detail in details:
+        assert detail in line, f"{detail!r} missing from the error line\n{report}"
+    return line

@@ -24,7 +24,7 @@ from loadsim.config.limits import (
 from loadsim.config.scenario import parse_scenarios
 from loadsim.config.settings import Flags, resolve
 from loadsim.errors import ScenarioError
-from tests.helpers import RunLoadsim, by_name, run_events, write_scenarios
+from tests.helpers import RunLoadsim, assert_user_error, by_name, run_events, write_scenarios
 
 SCENARIO_ERROR = 2
 #: Nothing listens on port 1: a value that got past validation would fail there with exit 3.
@@ -35,17 +35,8 @@ THOUSANDS_OF_DIGITS = "9" * 5000  # more than Python's int() converts from text
 
 def assert_refused(result: subprocess.CompletedProcess[str], *details: str) -> str:
     """Exit 2, one short error line holding every detail, no traceback, no event."""
-    report = f"exit {result.returncode}\nstdout: {result.stdout[:500]!r}\nstderr: {result.stderr!r}"
-    assert "Traceback" not in result.stderr, report
-    assert result.returncode == SCENARIO_ERROR, report
-    assert result.stdout == "", report
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, report
-    (line,) = lines
-    assert line.startswith("loadsim: error:"), report
-    assert len(line) < 600, report  # a value of thousands of digits is not repeated
-    for detail in details:
-        assert detail in line, f"{detail!r} missing from the error line\n{report}"
+    line = assert_user_error(result, SCENARIO_ERROR, *details)
+    assert len(line) < 600, line  # a value of thousands of digits is not repeated
     return line
 
 

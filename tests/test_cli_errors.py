@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import make_url
 
-from tests.helpers import REPOSITORY, RunLoadsim, write_scenarios
+from tests.helpers import REPOSITORY, RunLoadsim, assert_user_error, write_scenarios
 
 SCENARIO_ERROR = 2
 DATABASE_UNAVAILABLE = 3
@@ -28,23 +28,6 @@ UNREACHABLE_URL = f"postgresql://someone:{SECRET}@127.0.0.1:1/db"
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def assert_user_error(
-    result: subprocess.CompletedProcess[str], exit_code: int, *details: str
-) -> str:
-    """The command failed with `exit_code` and one clear error line holding every detail."""
-    report = f"exit {result.returncode}\nstdout: {result.stdout!r}\nstderr: {result.stderr!r}"
-    assert "Traceback" not in result.stderr, report
-    assert result.returncode == exit_code, report
-    assert result.stdout == "", report
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, report
-    (line,) = lines
-    assert line.startswith("loadsim: error:"), report
-    for detail in details:
-        assert detail in line, f"{detail!r} missing from the error line\n{report}"
-    return line
 
 
 def assert_hidden(result: subprocess.CompletedProcess[str], secret: str = SECRET) -> None:
