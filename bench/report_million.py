@@ -215,6 +215,7 @@ def synthesise(path: Path, target_events: int, seed: int = 1) -> int:
                     checkouts_per_s=float(window_checkouts),
                     connects_per_s=float(window["connects"]),
                     utilisation=round(len(holding) / (POOL_SIZE + MAX_OVERFLOW), 4),
+                    queue_jump_share=0.0 if window_checkouts else None,  # (jumps not simulated)
                     **{
                         **no_latencies(),
                         latency_key("wait_time"): figures(window_waits),
@@ -231,6 +232,14 @@ def synthesise(path: Path, target_events: int, seed: int = 1) -> int:
             if not fault_done and out.count >= target_events // 2:
                 fault_done = True
                 began = t
+                out.emit(
+                    t,
+                    "fault.restart",
+                    at_s=round(began, 3),
+                    began_t=round(began, 6),
+                    method="server restart",
+                    in_flight=0,
+                )
                 for conn in list(idle):
                     out.emit(
                         t,
@@ -246,7 +255,7 @@ def synthesise(path: Path, target_events: int, seed: int = 1) -> int:
                 idle.clear()
                 out.emit(
                     t + 0.2,
-                    "fault.restart",
+                    "fault.restarted",
                     at_s=round(began, 3),
                     began_t=round(began, 6),
                     method="server restart",
@@ -369,6 +378,7 @@ def synthesise(path: Path, target_events: int, seed: int = 1) -> int:
                 "utilisation_mean": None,
                 "utilisation_max": None,
                 "interrupted": False,
+                "queue_jump_share": 0.0,  # (queue jumps are not simulated: queue_jumps is 0)
                 "clients_started_s": 0.05,
                 "checkouts_per_client": fairness(per_client),
                 "stop_reason": "iterations",

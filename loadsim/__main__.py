@@ -8,6 +8,6 @@ from loadsim.signals import quit_quietly
 
 quit_quietly()
 
-from loadsim.cli import main  # noqa: E402  (after the handlers, on purpose)
+from loadsim.cli import entry  # noqa: E402  (after the handlers, on purpose)
 
-main()
+entry()

@@ -3,7 +3,7 @@
 Standard library only: the run side emits what is declared here, and the report side, the
 thresholds and the benchmarks read it, without either importing the other. Every event is
 one flat JSON object: the envelope (`ENVELOPE_FIELDS`), then its own fields (`EVENTS`). A
-field has a JSON type, a unit where it has one (`ms`, `s`, `count`, `count/s`, `ratio`) and
+field has a JSON type, a unit where it has one (`ms`, `s`, `count`, `count/s`, `ratio`, `MiB`) and
 a one-line meaning. `event_problems` checks an event against its declaration (the tests
 check every event they see), and `json_schema` gives the same declarations as a JSON Schema
 document (`loadsim schema`).
@@ -27,9 +27,14 @@ from typing import Any
 #: every wait, those that ended in the pool's TimeoutError too (at their full length), and
 #: `acquired_wait_time_ms` the ones that got a connection; the summary's `elapsed_s` and its
 #: rates are the measured window, and `grace_s` the time after it for holders to finish.
-SCHEMA_VERSION = 3
+#: 4: `fault.restart` is written as the restart begins (with `in_flight`), and its end is
+#: `fault.restarted` (`downtime_ms`, `terminated`); `client.error` names its `conn`.
+#: 5: `queue_jumps` among the counters and `queue_jump_share` in `monitor.stats` and the
+#: summary; memory figures (`server_memory_mb`, ..., `client_memory_mb`) and `run.start`'s
+#: `server_memory` and `session_settings`; a missed client deadline's `client.error`.
+SCHEMA_VERSION = 5
 #: Versions of a log `loadsim report` and `compare` read.
-SUPPORTED_SCHEMA_VERSIONS = frozenset({1, 2, 3})
+SUPPORTED_SCHEMA_VERSIONS = frozenset({1, 2, 3, 4, 5})
 
 # ------------------------------------------------------------------- declarations
 
@@ -233,9 +238,97 @@ COUNTER_FIELDS: tuple[Field, ...] = (
         "checked-out connections garbage-collected with their holder",
         "count",
     ),
+    # -- queue jumps (issue 13): the async pool is not first-come first-served
+    _field(
+        "queue_jumps",
+        "integer",
+        "checkouts granted while a client that asked earlier was still waiting (one that "
+        "later timed out included); a checkout the pool opened a new connection for jumps "
+        "no one",
+        "count",
+    ),
 )
+#: The share of checkouts that jumped the queue (`monitor.stats`: the window's; the summary:
+#: the run's).
+QUEUE_JUMP_SHARE = "queue_jump_share"
 #: High-water marks among the counters: not in a window's counts.
 HIGH_WATER_MARKS = ("max_open", "max_pending_requests")
+
+# ------------------------------------------------------------------------------ memory
+
+#: Memory, in MiB: our sessions' backends on the server (their proportional set size, Pss, from
+#: /proc/<pid>/smaps_rollup, where the server is on this host and readable) and loadsim's own
+#: process. Optional: logs written before they were measured do not have them.
+MEMORY_SNAPSHOT_FIELDS: tuple[Field, ...] = (
+    _field(
+        "server_memory_mb",
+        "number|null",
+        "our backends' memory on the server: the Pss of every connection the pool has open, "
+        "added up (null: it cannot be read; run.start's server_memory says why)",
+        "MiB",
+        optional=True,
+    ),
+    _field(
+        "server_memory_per_connection_mb",
+        "number|null",
+        "server_memory_mb over the backends measured (null: none was)",
+        "MiB",
+        optional=True,
+    ),
+    _field(
+        "server_memory_backends",
+        "integer",
+        "how many backends server_memory_mb adds up",
+        "count",
+        optional=True,
+    ),
+    _field(
+        "client_memory_mb",
+        "number|null",
+        "loadsim's own memory: this process's Pss (null: /proc cannot tell)",
+        "MiB",
+        optional=True,
+    ),
+)
+MEMORY_SUMMARY_FIELDS: tuple[Field, ...] = (
+    _field(
+        "server_memory_peak_mb",
+        "number|null",
+        "the most memory our backends had at any snapshot (null: never measured)",
+        "MiB",
+        optional=True,
+    ),
+    _field(
+        "server_memory_per_connection_mb",
+        "number|null",
+        "our backends' memory per connection: over every snapshot, the memory measured over "
+        "the backends it was of (null: never measured)",
+        "MiB",
+        optional=True,
+    ),
+    _field(
+        "client_memory_peak_mb",
+        "number|null",
+        "loadsim's own memory at its highest snapshot (null: not measured)",
+        "MiB",
+        optional=True,
+    ),
+)
+MEMORY_START_FIELD = _field(
+    "server_memory",
+    "object",
+    "whether our backends' memory is measured, and if not, why (said once, here)",
+    optional=True,
+    keys=(
+        _field("measured", "boolean", "whether monitor.stats carries server_memory_mb"),
+        _field("method", "string|null", "how it is measured"),
+        _field(
+            "reason",
+            "string|null",
+            "why it is not: the server is not on this host, or its processes are not readable",
+        ),
+    ),
+)
 
 # ----------------------------------------------------------------------- the summary
 
@@ -297,6 +390,13 @@ _COMMON_SUMMARY: tuple[Field, ...] = (
         "ratio",
     ),
     _field("interrupted", "boolean", "whether a signal stopped the run"),
+    _field(
+        QUEUE_JUMP_SHARE,
+        "number|null",
+        "queue_jumps over checkouts: the share of checkouts granted while an earlier waiter "
+        "was still waiting (null: no checkout)",
+        "ratio",
+    ),
     _field(
         "thresholds",
         "array",
@@ -362,6 +462,7 @@ SUMMARY_FIELDS: tuple[Field, ...] = (
             _field(name, "string", f"the encoded histogram of {name}_ms") for name in LATENCIES
         ),
     ),
+    *MEMORY_SUMMARY_FIELDS,
 )
 _BY_INSTANCE_FIELDS: tuple[Field, ...] = (
     _field("instance", "integer", "the instance"),
@@ -408,7 +509,7 @@ ADDITIVE_FIGURES = (
 # ---------------------------------------------------------------- threshold metrics
 
 #: Figures thresholds accept besides the additive ones (every one is in both summaries).
-RATIO_FIGURES = ("utilisation_mean", "utilisation_max", "reuse_ratio")
+RATIO_FIGURES = ("utilisation_mean", "utilisation_max", "reuse_ratio", QUEUE_JUMP_SHARE)
 #: Short names people reach for first.
 METRIC_ALIASES: Mapping[str, str] = MappingProxyType(
     {"leaks": "leaks_suspected", "utilisation": "utilisation_max"}
@@ -595,13 +696,41 @@ _EVENT_SPECS: tuple[EventSpec, ...] = (
     ),
     EventSpec(
         "client.error",
-        "a connect or query error",
+        "a connect or query error (a query cut short by the client's own deadline too)",
         (
             _CLIENT,
             _field("phase", "string", "connect (asking for a connection) or query"),
+            _field(
+                "conn",
+                "integer|null",
+                "the connection the query failed on (null: a connect error, there was none)",
+            ),
             _field("error", "string", "the driver's exception, e.g. TooManyConnectionsError"),
             _field("sqlstate", "string|null", "the server's SQLSTATE, when there is one"),
-            _field("message", "string", "the first line of the error"),
+            _field(
+                "message",
+                "string",
+                "the first line of the error; for a connect that found nothing listening "
+                "(a unix socket gone, a refused TCP port), 'the server is not accepting "
+                "connections' with the driver's exception and message beside it",
+            ),
+            _field(
+                "deadline_ms",
+                "number",
+                "the client's own deadline (workload key `deadline`, asyncio.timeout) that "
+                "expired while it held the connection, cancelling its query; absent for "
+                "other errors",
+                "ms",
+                optional=True,
+            ),
+            _field(
+                "held_ms",
+                "number",
+                "a missed deadline: how long the client held the connection until it had "
+                "control back (the deadline, and what the cancellation took)",
+                "ms",
+                optional=True,
+            ),
         ),
     ),
     EventSpec(
@@ -633,6 +762,12 @@ _EVENT_SPECS: tuple[EventSpec, ...] = (
                 "(null: no maximum)",
                 "ratio",
             ),
+            _field(
+                QUEUE_JUMP_SHARE,
+                "number|null",
+                "the window's queue_jumps over its checkouts (null: no checkout in the window)",
+                "ratio",
+            ),
             *_latencies("in the window"),
             _field("totals", "object", "the counters since the start", keys=COUNTER_FIELDS),
             _field(
@@ -641,6 +776,7 @@ _EVENT_SPECS: tuple[EventSpec, ...] = (
                 "our sessions on the server by pg_stat_activity state (null: no answer)",
                 each=_SESSIONS,
             ),
+            *MEMORY_SNAPSHOT_FIELDS,
         ),
     ),
     _leak(
@@ -702,12 +838,29 @@ _EVENT_SPECS: tuple[EventSpec, ...] = (
     # -- fault.*: what was done to the server
     EventSpec(
         "fault.restart",
-        "the server was restarted (or, when it is not ours, all our sessions terminated)",
+        "a server restart begins (or, when the server is not ours, the termination of all "
+        "our sessions); written as it begins, before anything it causes",
         (
             _field("at_s", "number", "when it was scheduled", "s"),
             _field("began_t", "number", "when it began, on the event clock `t`", "s"),
             _field("method", "string", "how: a server restart, or pg_terminate_backend"),
-            _field("downtime_ms", "number", "how long it took", "ms"),
+            _field(
+                "in_flight",
+                "integer",
+                "checkouts under way as it began (0: it waited for a moment between "
+                "checkouts, holding new ones; its sessions were all idle)",
+                "count",
+            ),
+        ),
+    ),
+    EventSpec(
+        "fault.restarted",
+        "the restart is over: the server is up again (or our sessions have all ended)",
+        (
+            _field("at_s", "number", "when it was scheduled", "s"),
+            _field("began_t", "number", "when it began, on the event clock `t`", "s"),
+            _field("method", "string", "how: a server restart, or pg_terminate_backend"),
+            _field("downtime_ms", "number", "how long it took, from began_t", "ms"),
             _field(
                 "terminated",
                 "integer|null",
@@ -746,6 +899,15 @@ _EVENT_SPECS: tuple[EventSpec, ...] = (
                 each=_field("group", "object", "one group's settings"),
             ),
             _field("faults", "object", "the scheduled faults and session timeouts"),
+            _field(
+                "session_settings",
+                "object",
+                "the server settings every session of the pool gets (asyncpg server_settings: "
+                "our sessions only): the scenario's [session] table and its [faults] idle "
+                "timeouts (in ms)",
+                optional=True,
+                each=_field("value", "string", "the setting's value, as PostgreSQL takes it"),
+            ),
             _field("monitor", "object", "the monitor's interval and leak thresholds"),
             _field(
                 "thresholds",
@@ -755,6 +917,64 @@ _EVENT_SPECS: tuple[EventSpec, ...] = (
             ),
             _field("arrivals", "object|null", "an open workload's arrivals (null: closed)"),
             _field("instances", "integer", "application instances of the scenario", "count"),
+            _field(
+                "start_wait_s",
+                "number",
+                "with --start-at or --barrier: how long this process waited before its load "
+                "began, for the fleet's other shards and the start they agreed, or for the "
+                "start time (0 when the time had passed; a stop cuts it short)",
+                "s",
+                optional=True,
+            ),
+            _field(
+                "barrier_wait_s",
+                "number",
+                "with --barrier: the part of start_wait_s spent waiting for the other shards "
+                "to arrive (the last to arrive waits least)",
+                "s",
+                optional=True,
+            ),
+            _field(
+                "barrier_start_server_s",
+                "number",
+                "with --barrier: the instant the fleet agreed to begin, epoch seconds on the "
+                "database server's clock",
+                "s",
+                optional=True,
+            ),
+            _field(
+                "began_epoch_s",
+                "number",
+                "a shard's, an instance's of --instances, or with --start-at: when this "
+                "process's load began (after any wait), epoch seconds on its own clock; absent "
+                "when a stop came first",
+                "s",
+                optional=True,
+            ),
+            _field(
+                "began_server_s",
+                "number",
+                "a shard's began_epoch_s on the database server's clock (with "
+                "server_clock_offset_ms): what `loadsim merge` compares across machines",
+                "s",
+                optional=True,
+            ),
+            _field(
+                "server_clock_offset_ms",
+                "number",
+                "a shard's measure of the server's clock less its own: the server's "
+                "clock_timestamp() against the midpoint of the round trip, the shortest of a "
+                "few",
+                "ms",
+                optional=True,
+            ),
+            _field(
+                "clock_rtt_ms",
+                "number",
+                "that measurement's round trip: the offset is good to half of it",
+                "ms",
+                optional=True,
+            ),
             _field("seed", "integer|null", "the random seed (null: unseeded)"),
             _field(
                 "sources",
@@ -765,6 +985,7 @@ _EVENT_SPECS: tuple[EventSpec, ...] = (
             _field("loadsim_version", "string", "loadsim's version"),
             _field("sqlalchemy_version", "string", "SQLAlchemy's version"),
             _field("python_version", "string", "Python's version"),
+            MEMORY_START_FIELD,
         ),
     ),
     EventSpec(
@@ -779,10 +1000,157 @@ _EVENT_SPECS: tuple[EventSpec, ...] = (
         (_field("summary", "object", "the run's summary", keys=SUMMARY_FIELDS),),
     ),
     EventSpec(
+        "size.step",
+        "loadsim size: one measured step (a pool size, a kind, a repeat), after its warm-up",
+        (
+            _field("kind", "string", "capacity (closed, saturating) or queue (open, target rate)"),
+            _field("pool_size", "integer", "the pool's size (max_overflow 0)", "count"),
+            _field("repeat", "integer", "which repeat of this size and kind, from 0", "count"),
+            _field("clients", "integer", "closed-loop clients (two per connection)", "count"),
+            _field("warmup_s", "number", "the time left out at the start", "s"),
+            _field("elapsed_s", "number", "the measured time after the warm-up", "s"),
+            _field(
+                "checkouts",
+                "integer",
+                "checkouts after the warm-up, with the holders finishing",
+                "count",
+            ),
+            _field("checkouts_per_s", "number", "throughput", "count/s"),
+            _field("requests_per_s", "number|null", "queue steps: requests started", "count/s"),
+            _field("dropped", "integer", "requests dropped (max_in_flight reached)", "count"),
+            _field("timeouts", "integer", "the pool's TimeoutErrors", "count"),
+            _field("errors", "integer", "connect and query errors", "count"),
+            _field("wait_mean_ms", "number|null", "mean wait for a connection", "ms"),
+            _field("wait_p50_ms", "number|null", "median wait", "ms"),
+            _field("wait_p99_ms", "number|null", "99th percentile wait", "ms"),
+            _field("use_mean_ms", "number|null", "mean time a connection was held", "ms"),
+            _field("use_p99_ms", "number|null", "99th percentile hold", "ms"),
+            _field("hold_cv2", "number|null", "holds' variance over their mean squared", "ratio"),
+            _field(
+                "p_wait", "number", "share of checkouts that waited past the threshold", "ratio"
+            ),
+            _field("wait_threshold_ms", "number", "a wait longer than this queued", "ms"),
+            _field(
+                "loop_lag_p99_ms", "number|null", "event loop lag, p99: is loadsim keeping up", "ms"
+            ),
+            _field("utilisation", "number|null", "mean connections in use / pool size", "ratio"),
+            _field(
+                "server_memory_peak_mb",
+                "number|null",
+                "our backends' memory at its peak (null: not measured, see run.start)",
+                "MiB",
+                optional=True,
+            ),
+            _field(
+                "server_memory_per_connection_mb",
+                "number|null",
+                "our backends' memory per connection",
+                "MiB",
+                optional=True,
+            ),
+            _field("drift", "number|null", "second half's throughput / first half's - 1", "ratio"),
+            _field("steady", "boolean", "the throughput drifted by at most a fifth"),
+            _field("slo_value", "number|null", "queue steps: the SLO's metric"),
+            _field("slo_passed", "boolean|null", "queue steps: the SLO held"),
+            _field("model_p_wait", "number|null", "Erlang C's C(c, a)", "ratio"),
+            _field("model_p_wait_longer", "number|null", "Erlang C's P(Wq > threshold)", "ratio"),
+            _field("model_mean_wait_ms", "number|null", "Erlang C's (Allen-Cunneen) E[Wq]", "ms"),
+            _field("model_p99_wait_ms", "number|null", "Erlang C's 99th percentile wait", "ms"),
+            _field(
+                "model_gap",
+                "number|null",
+                "(measured - modelled mean wait) / the larger of the two",
+                "ratio",
+            ),
+        ),
+    ),
+    EventSpec(
+        "size.fit",
+        "loadsim size: the Universal Scalability Law fitted to the capacity steps",
+        (
+            _field("fitted", "boolean", "a fit was possible (three sizes or more)"),
+            _field("reason", "string|null", "why not, when not"),
+            _field("gamma", "number|null", "throughput of one connection", "count/s"),
+            _field("alpha", "number|null", "contention", "ratio"),
+            _field("beta", "number|null", "coherency", "ratio"),
+            _field("r_squared", "number|null", "the fit's R squared", "ratio"),
+            _field("peak", "number|null", "N* = sqrt((1 - alpha) / beta); null: no peak", "count"),
+            _field("ceiling", "number|null", "the most throughput the fit allows", "count/s"),
+            _field(
+                "knee", "integer|null", "the smallest size with 95% of the best throughput", "count"
+            ),
+            _field("points", "integer", "capacity steps fitted", "count"),
+            _field(
+                "predicted",
+                "array",
+                "the fit's throughput at each measured pool size",
+                each=_field(
+                    "point",
+                    "object",
+                    "one pool size",
+                    keys=(
+                        _field("pool_size", "integer", "the pool's size", "count"),
+                        _field("checkouts_per_s", "number", "the fit's throughput", "count/s"),
+                    ),
+                ),
+            ),
+        ),
+    ),
+    EventSpec(
+        "size.recommendation",
+        "loadsim size: the recommended pool, and why",
+        (
+            _field(
+                "pool_size", "integer|null", "recommended pool_size; null: none qualifies", "count"
+            ),
+            _field("max_overflow", "integer", "recommended max_overflow, for bursts", "count"),
+            _field("met", "boolean", "a size met the SLO (else the command exits 1)"),
+            _field("reason", "string", "the recommendation in words"),
+            _field("slo", "string", "the SLO, as a threshold"),
+            _field("target_rate", "number|null", "the queue steps' arrival rate", "count/s"),
+            _field("knee", "integer|null", "the USL fit's knee", "count"),
+            _field("instances", "integer", "application instances sized for", "count"),
+            _field(
+                "fleet_connections",
+                "integer|null",
+                "instances x (pool_size + max_overflow)",
+                "count",
+            ),
+            _field(
+                "server_connections",
+                "integer|null",
+                "the server's max_connections less its reserved slots",
+                "count",
+            ),
+            _field(
+                "shared_pool_size", "integer|null", "one pool for the fleet, by Erlang C", "count"
+            ),
+            _field("shared_saving", "integer|null", "connections one shared pool saves", "count"),
+            _field("steps", "integer", "steps measured", "count"),
+            _field("interrupted", "boolean", "the sweep was stopped before its end"),
+            _field(
+                "notes",
+                "array",
+                "where measurement and model differ, with the likely cause",
+                each=_field("note", "string", "one difference"),
+            ),
+        ),
+    ),
+    EventSpec(
         "run.summary",
-        "with --instances, after every instance's run.end: the fleet's figures",
+        "with --instances, after every instance's run.end (and from `loadsim merge`, after "
+        "every shard's): the fleet's figures",
         (
             _field("instances", "integer", "the scenario's instances", "count"),
+            _field(
+                "start_skew_ms",
+                "number",
+                "how far apart the instances began their load: the latest run.start "
+                "began_server_s (shards' logs that all have it; else began_epoch_s, each "
+                "machine's own clock) less the earliest",
+                "ms",
+                optional=True,
+            ),
             _field(
                 "summary",
                 "object",
@@ -805,9 +1173,10 @@ CLIENT_EVENTS = _kind("client.")
 MONITOR_EVENTS = _kind("monitor.")
 FAULT_EVENTS = _kind("fault.")
 RUN_EVENTS = _kind("run.")
+SIZE_EVENTS = _kind("size.")
 EVENT_NAMES = frozenset(EVENTS)
 #: Events written whatever `--events` or LOG_LEVEL select.
-ALWAYS_WRITTEN = frozenset({"run.start", "run.end", "run.summary"})
+ALWAYS_WRITTEN = frozenset({"run.start", "run.end", "run.summary", *SIZE_EVENTS})
 
 #: Events that report a problem; LOG_LEVEL=warning keeps only these (and run.start/run.end).
 WARNING_EVENTS = frozenset(

@@ -17,18 +17,27 @@ pool monitor and the clients against a real engine (the `monitored` fixture give
 Recorded logs for the report tests: `RECORDED_RUNS` (what `tests/data/record.py` records),
 `unpack_recorded_logs` (the `recorded` fixture), and reading them: `events_of`, `first_lines`,
 `charts_of` (a report's chart data).
+
+Live metrics: `free_port`; `metrics_text`, `parse_metrics`, `scrape` and `scrape_while_running`
+(a run's `/metrics`, read with prometheus-client's parser); `published_moments` (what a scrape
+may show, from the run's own events) and `live_figures` (the same figures from a scrape).
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import gzip
 import json
 import os
+import socket
 import subprocess
 import sys
 import tempfile
 import textwrap
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +45,7 @@ from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.engine import make_url
 
 from loadsim.config.settings import ENVIRONMENT_VARIABLES
@@ -413,3 +423,197 @@ def assert_user_error(
     for detail in details:
         assert detail in line, f"{detail!r} missing from the error line\n{report}"
     return line
+
+
+# ------------------------------------------------------------------- live metrics
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on now (the kernel's choice)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+#: A figure of the live metrics: (metric as Prometheus names it, the labels that pick it out
+#: beside the pool's own) → its name in `published_moments`.
+LIVE_FIGURES: Mapping[tuple[str, tuple[tuple[str, str], ...]], str] = {
+    ("db_client_connection_count", (("state", "used"),)): "used",
+    ("db_client_connection_count", (("state", "idle"),)): "idle",
+    ("db_client_connection_pending_requests", ()): "pending",
+    ("loadsim_connection_overflow", ()): "overflow",
+    ("db_client_connection_timeouts_total", ()): "timeouts",
+    ("loadsim_checkouts_total", ()): "checkouts",
+    ("loadsim_connects_total", ()): "connects",
+    ("db_client_connection_wait_time_seconds_count", ()): "wait_count",
+    ("db_client_connection_use_time_seconds_count", ()): "use_count",
+    ("db_client_connection_create_time_seconds_count", ()): "create_count",
+}
+
+
+@dataclass(frozen=True)
+class Moment:
+    """What the live metrics of one pool may say, from the run's own events: at its start
+    (nothing yet), at each `monitor.stats`, and at its `run.end`. `position`: the event's
+    index in the stream (None for the start)."""
+
+    figures: Mapping[str, float]
+    position: int | None
+
+
+def published_moments(events: list[Event], scenario: str) -> list[Moment]:
+    """Every moment a scrape of `scenario`'s pool may show, in the order they came."""
+    moments = [Moment(dict.fromkeys(LIVE_FIGURES.values(), 0.0), None)]
+    counts = {"wait_count": 0, "use_count": 0, "create_count": 0}
+    for position, event in enumerate(events):
+        if event["scenario"] != scenario:
+            continue
+        if event["event"] == "monitor.stats":
+            for key, latency in (
+                ("wait_count", "wait_time_ms"),
+                ("use_count", "use_time_ms"),
+                ("create_count", "create_time_ms"),
+            ):
+                counts[key] += event[latency]["count"]
+            pool, totals = event, event["totals"]
+        elif event["event"] == "run.end":
+            summary = event["summary"]
+            pool, totals = summary["pool_state"], summary
+            counts = {
+                key: summary[latency]["count"]
+                for key, latency in (
+                    ("wait_count", "wait_time_ms"),
+                    ("use_count", "use_time_ms"),
+                    ("create_count", "create_time_ms"),
+                )
+            }
+        else:
+            continue
+        figures = {
+            "used": pool["connections_used"],
+            "idle": pool["connections_idle"],
+            "pending": pool["pending_requests"],
+            "overflow": pool["overflow"],
+            "timeouts": totals["timeouts"],
+            "checkouts": totals["checkouts"],
+            "connects": totals["connects"],
+            **counts,
+        }
+        moments.append(Moment({key: float(value) for key, value in figures.items()}, position))
+    return moments
+
+
+def live_figures(
+    samples: Mapping[tuple[str, frozenset[tuple[str, str]]], float], pool: str
+) -> dict[str, float]:
+    """The figures of `published_moments` in one scrape of a pool: `samples` maps (metric,
+    its labels) to its value."""
+    figures: dict[str, float] = {}
+    for (name, labels), value in samples.items():
+        if ("pool_name", pool) not in labels:
+            continue
+        own = tuple(sorted(item for item in labels if item[0] in ("state", "kind")))
+        key = LIVE_FIGURES.get((name, own))
+        if key is not None:
+            figures[key] = value
+    return figures
+
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def metrics_text(port: int) -> str | None:
+    """One scrape of http://127.0.0.1:PORT/metrics (None: nobody answers)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
+            assert response.headers["Content-Type"].startswith("text/plain")
+            return str(response.read().decode())
+    except (urllib.error.URLError, ConnectionError):
+        return None
+
+
+def parse_metrics(text: str) -> Samples:
+    """Prometheus's text format, read by prometheus-client's own parser."""
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def scrape(port: int) -> Samples | None:
+    """One scrape, parsed (None: nobody answers)."""
+    text = metrics_text(port)
+    return parse_metrics(text) if text is not None else None
+
+
+def scrape_while_running(
+    ports: list[int], *arguments: str, cwd: Path
+) -> tuple[dict[int, list[str]], str]:
+    """Scrapes each port every 0.2 s while `loadsim run ARGS --metrics-port PORTS[0]` runs
+    (its output read meanwhile: a finished run waits for its reader); the scrapes of each
+    port (their text), and its stdout."""
+    process = start_loadsim("run", *arguments, "--metrics-port", str(ports[0]), "-q", cwd=cwd)
+    scrapes: dict[int, list[str]] = {port: [] for port in ports}
+    with concurrent.futures.ThreadPoolExecutor(1) as reader:
+        output = reader.submit(process.communicate, timeout=120)
+        try:
+            while not output.done():
+                for port in ports:
+                    text = metrics_text(port)
+                    if text:
+                        scrapes[port].append(text)
+                time.sleep(0.2)
+            stdout, stderr = output.result()
+        finally:
+            process.kill()
+    assert process.returncode == 0, stderr
+    assert "Traceback" not in stderr
+    return scrapes, stdout
+
+
+def run_shards(
+    database_url: str,
+    directory: Path,
+    count: int,
+    *extra: str,
+    run_id: str,
+    stagger: float = 0.0,
+) -> list[Path]:
+    """`count` shard processes of one run of `normal` (1 s, 3 clients), each as pod I of an
+    Indexed Job starts it, `stagger` seconds apart; their logs, once all have succeeded."""
+    logs = [directory / f"shard{index}.jsonl" for index in range(count)]
+    processes = []
+    for index, log in enumerate(logs):
+        if index and stagger:
+            time.sleep(stagger)
+        processes.append(
+            subprocess.Popen(
+                loadsim_command(
+                    "run",
+                    "normal",
+                    "--duration",
+                    "1s",
+                    "--clients",
+                    "3",
+                    "--quiet",
+                    "--output",
+                    str(log),
+                    *extra,
+                ),
+                cwd=directory,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                stdin=subprocess.DEVNULL,
+                env=clean_environment(
+                    DATABASE_URL=database_url,
+                    LOADSIM_SHARDS=str(count),
+                    JOB_COMPLETION_INDEX=str(index),
+                    LOADSIM_RUN_ID=run_id,
+                ),
+            )
+        )
+    for process in processes:
+        _, errors = process.communicate(timeout=120)
+        assert process.returncode == 0, errors
+    return logs

@@ -1,6 +1,8 @@
 """Numbers beyond what this process, this machine or PostgreSQL can do: every integer of a
 scenario file, a flag or an environment variable is bounded (64-bit counts and seeds,
-max_connections' 262143, instances per CPU, clients by the memory available), and a value
+max_connections' 262143, instances per CPU, clients by the memory available; durations to 30
+days, waits to the histograms' hour, the monitor to 10 ms; a threshold's number to 40
+characters), and a value
 past a bound is one error line naming the key, flag or variable, exit 2, no traceback and
 nothing started: no event, no connection, no embedded server. The values at the bounds run.
 """
@@ -45,9 +47,9 @@ def run_offline(
 ) -> subprocess.CompletedProcess[str]:
     return loadsim(
         "run",
-        *arguments,
-        "--duration",
+        "--duration",  # before the arguments: a --duration among them wins
         "1s",
+        *arguments,
         "--database-url",
         UNREACHABLE_URL,
         "-q",
@@ -69,6 +71,11 @@ def run_offline(
         pytest.param(("--seed", "-1"), ("--seed", "at least 0"), id="negative-seed"),
         pytest.param(("--clients", HUGE), ("--clients", f"at most {INT64_MAX}"), id="clients"),
         pytest.param(
+            ("--clients", "50001"),
+            ("--clients 50001", "at most 50,000", "than one process drives", "--instances"),
+            id="clients-beyond-one-process",
+        ),
+        pytest.param(
             ("--pool-size", str(INT64_MAX)),
             ("--pool-size", f"at most {POSTGRES_MAX_CONNECTIONS}", "max_connections"),
             id="pool-size",
@@ -89,6 +96,23 @@ def run_offline(
             id="instances",
         ),
         pytest.param(("--instances", HUGE), ("--instances", "per CPU"), id="huge-instances"),
+        pytest.param(("--rate", HUGE), ("--rate", "at most 100,000 requests"), id="rate"),
+        pytest.param(("--rate", "1e400"), ("--rate", "a number of requests"), id="infinite-rate"),
+        pytest.param(("--ramp-up", "2s"), ("--ramp-up", "longer than the run"), id="ramp-up"),
+        pytest.param(("--ramp-up", HUGE), ("--ramp-up", "at most 30 days"), id="huge-ramp-up"),
+        pytest.param(
+            ("--duration", "1000h"), ("--duration", "at most 30 days", "1000h"), id="duration"
+        ),
+        pytest.param(
+            ("--pool-timeout", "2h"),
+            ("--pool-timeout", "to 3600s", "waits are measured up to an hour"),
+            id="pool-timeout",
+        ),
+        pytest.param(
+            ("--threshold", f"timeouts < {THOUSANDS_OF_DIGITS}"),
+            ("--threshold", "5000 characters", "at most 40"),
+            id="threshold-of-thousands-of-digits",
+        ),
         pytest.param(
             ("--pool-size", "100000", "--max-overflow", "0", "--instances", "3"),
             ("--pool-size", "x 3 instances", str(POSTGRES_MAX_CONNECTIONS)),
@@ -164,7 +188,7 @@ def test_an_environment_variable_beyond_its_bound_is_refused(
             ("'max_in_flight'", f"at most {INT64_MAX}"),
         ),
         (
-            'faults = { idle_session_timeout = "1000h" }',
+            'faults = { idle_session_timeout = "700h" }',
             ("'idle_session_timeout'", "2147483647 ms"),
         ),
         (
@@ -172,6 +196,14 @@ def test_an_environment_variable_beyond_its_bound_is_refused(
             ("'idle_in_transaction_session_timeout'", "expected"),
         ),
         (f"clients = {THOUSANDS_OF_DIGITS}", ("thousands of digits",)),
+        ('monitor = { interval = "1ms" }', ("'interval'", "from 10ms", "measures itself")),
+        ('monitor = { interval = "2h" }', ("'interval'", "to 3600s")),
+        ('workload = { hold = "uniform(1s, 1000h)" }', ("'hold'", "at most 30 days")),
+        ('ramp_up = "1000h"', ("'ramp_up'", "at most 30 days")),
+        (
+            f'thresholds = ["wait_time_p99_ms < 1{"0" * 5000}"]',
+            ("threshold", "5001 characters", "at most 40"),
+        ),
     ],
     ids=[
         "iterations",
@@ -184,6 +216,11 @@ def test_an_environment_variable_beyond_its_bound_is_refused(
         "idle_session_timeout",
         "idle_in_transaction_session_timeout",
         "thousands-of-digits",
+        "monitor-interval-too-short",
+        "monitor-interval-too-long",
+        "hold",
+        "ramp_up",
+        "threshold-of-thousands-of-digits",
     ],
 )
 def test_a_file_value_beyond_its_bound_is_refused(
@@ -266,17 +303,19 @@ def test_the_largest_pool_postgresql_can_take_is_accepted(tmp_path: Path) -> Non
 
 def test_an_unlimited_pool_on_the_embedded_server_is_bounded_by_its_clients(tmp_path: Path) -> None:
     """NullPool (or max_overflow -1) may open a connection per client: the embedded server
-    would be started with max_connections above PostgreSQL's largest."""
+    would be started with max_connections above PostgreSQL's largest (one process drives at
+    most 50,000 clients: six instances of them)."""
     if clients_that_fit() < 400_000:
         pytest.skip("300,000 clients do not fit in this machine's memory")
     scenarios = parse_scenarios(
-        '[scenarios.x]\nduration = "1s"\nclients = 300000\npool = { pool_class = "null" }\n',
+        '[scenarios.x]\nduration = "1s"\nclients = 50000\npool = { pool_class = "null" }\n',
         tmp_path / "x.toml",
     )
-    with pytest.raises(ScenarioError, match=r"key 'clients' = 300000: a pool with no limit"):
-        resolve(scenarios, scenarios.get("x"), {}, Flags())
-    external = resolve(scenarios, scenarios.get("x"), {"DATABASE_URL": UNREACHABLE_URL}, Flags())
-    assert external.most_connections == 300000  # a real server's own limit: its errors show
+    flags = Flags(instances=6)
+    with pytest.raises(ScenarioError, match=r"key 'clients' = 50000: a pool with no limit"):
+        resolve(scenarios, scenarios.get("x"), {}, flags)
+    external = resolve(scenarios, scenarios.get("x"), {"DATABASE_URL": UNREACHABLE_URL}, flags)
+    assert external.most_connections == 50000  # a real server's own limit: its errors show
 
 
 # ------------------------------------------------------------------ at the bounds

@@ -19,7 +19,9 @@ from tests.helpers import (
 
 
 def test_embedded_server_is_started_and_stopped(tmp_path: Path) -> None:
-    process = start_loadsim("run", "normal", "--iterations", "3", cwd=tmp_path)
+    # the ramp-up keeps the run (and its server) going for 1.3 s after run.start: long enough
+    # to find the server's processes on a busy machine (9 checkouts alone take 0.2 s)
+    process = start_loadsim("run", "normal", "--iterations", "3", "--ramp-up", "2s", cwd=tmp_path)
     first = first_line(process)
     (directory,) = server_directories_of(process.pid)
     assert any(str(directory) in line for line in embedded_server_processes())

@@ -34,6 +34,10 @@ _KEYS = [
     "behaviour",
     "name",
     "start",
+    "deadline",
+    "statement_timeout",
+    "application_name",
+    "pg_stat_statements.track",
     "bogus",
 ]
 _DURATIONS = st.sampled_from(
@@ -83,6 +87,7 @@ _SCENARIO = st.fixed_dictionaries(
         "pool": _TABLE,
         "workload": _TABLE,
         "faults": _TABLE,
+        "session": _TABLE,
         "monitor": _TABLE,
         "groups": st.lists(_TABLE, max_size=2) | _VALUES,
         "thresholds": st.lists(_DURATIONS | _SCALARS, max_size=2) | _VALUES,

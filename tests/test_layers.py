@@ -10,10 +10,19 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPOSITORY, RecordedLogs, clean_environment
+from tests.helpers import REPOSITORY, RecordedLogs, clean_environment, free_port
 
 #: Heavy libraries that only `loadsim run` (and, for matplotlib, report and compare) needs.
-RUN_SIDE = ("sqlalchemy", "asyncpg", "structlog", "hdrh", "loadsim.run")
+RUN_SIDE = (
+    "sqlalchemy",
+    "asyncpg",
+    "structlog",
+    "hdrh",
+    "loadsim.run",
+    "prometheus_client",  # live metrics: only a run with --metrics-port or --otlp-endpoint
+    "opentelemetry",
+    "google",  # protobuf, for OTLP
+)
 CHARTS = ("matplotlib",)
 
 #: Runs the real command line in this process, then says which modules it loaded.
@@ -55,6 +64,8 @@ def loaded_by(tmp_path: Path, *arguments: str) -> set[str]:
         ("show", "normal"),
         ("show", "exhaustion", "--database-url", "postgresql://u:secret@db.example/x"),
         ("validate", str(REPOSITORY / "scenarios.toml")),
+        ("show", "normal", "--metrics-port", "9464", "--otlp-endpoint", "http://otel:4318"),
+        ("k8s", "normal", "--shards", "3", "--image", "loadsim:1"),
     ],
     ids=lambda arguments: " ".join(arguments)[:40],
 )
@@ -71,3 +82,21 @@ def test_report_loads_the_charts_but_no_run_side(recorded: RecordedLogs, tmp_pat
     assert (tmp_path / "out" / "index.html").is_file()
     assert "matplotlib" in loaded  # it did draw
     assert loaded.isdisjoint(RUN_SIDE), sorted(loaded & set(RUN_SIDE))
+
+
+#: The live metrics' libraries: only a run that asks for them loads them.
+LIVE_METRICS = ("prometheus_client", "opentelemetry", "google")
+
+
+def test_a_run_loads_the_live_metrics_libraries_only_when_asked(
+    tmp_path: Path, database_url: str
+) -> None:
+    run = ("run", "normal", "--iterations", "1", "-q", "--database-url", database_url)
+    plain = loaded_by(tmp_path, *run)
+    assert "sqlalchemy" in plain  # it did run
+    assert plain.isdisjoint(LIVE_METRICS), sorted(plain & set(LIVE_METRICS))
+    port = str(free_port())
+    asked = loaded_by(
+        tmp_path, *run, "--metrics-port", port, "--otlp-endpoint", "http://127.0.0.1:9"
+    )
+    assert set(LIVE_METRICS) <= asked

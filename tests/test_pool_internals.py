@@ -17,7 +17,7 @@ from sqlalchemy.pool import AsyncAdaptedQueuePool, NullPool
 
 from loadsim.run.database import asyncpg_arguments
 from loadsim.run.engine import parse_database_url
-from loadsim.run.pool_internals import close_cause, queue_is_full
+from loadsim.run.pool_internals import close_cause, hand_nothing_to_waiters, queue_is_full
 
 NewEngine = Callable[..., AsyncEngine]
 
@@ -123,3 +123,32 @@ async def test_one_disconnect_invalidates_the_generation(
     async with engine.connect() as connection:  # the other idle one, opened before that
         await connection.execute(text("SELECT 1"))
     assert causes[before:] == ["pool_invalidated"]
+
+
+async def test_a_fresh_queue_hands_nothing_to_those_waiting_on_the_old_one(
+    new_engine: NewEngine,
+) -> None:
+    """What a stop that strands its waiters relies on: once the pool has a fresh queue, a
+    connection returned goes to whoever asks from now on, never to a coroutine that was
+    already waiting; and the idle connections move with the queue."""
+    engine = new_engine(poolclass=AsyncAdaptedQueuePool, pool_size=2, max_overflow=0)
+    opened: list[object] = []
+    event.listen(engine.sync_engine, "connect", lambda dbapi, record: opened.append(record))
+    idle, held = await engine.connect(), await engine.connect()
+    await idle.close()  # one idle in the queue, one checked out
+    taken = await engine.connect()  # the idle one, so that a waiter must wait
+    waiter = asyncio.create_task(engine.connect().start())
+    await asyncio.sleep(0.05)
+    assert not waiter.done()
+    hand_nothing_to_waiters(engine.sync_engine.pool)
+    await held.close()
+    await taken.close()
+    await asyncio.sleep(0.2)
+    assert not waiter.done()  # two connections handed back, none to the waiter
+    first, second = await engine.connect(), await engine.connect()  # at once, both idle
+    assert len(opened) == 2  # the pool's own connections: none opened anew
+    await first.close()
+    await second.close()
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter

@@ -57,7 +57,7 @@ def test_report_reads_standard_input(
     result = loadsim("report", "-", "--out", "from-stdin", stdin=recorded.instances.read_bytes())
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == str(Path("from-stdin") / "index.html")
-    assert len(list((tmp_path / "from-stdin").glob("*.png"))) == 4
+    assert len(list((tmp_path / "from-stdin").glob("*.png"))) == 5  # with the memory chart
     assert "&lt;stdin&gt;" in (tmp_path / "from-stdin" / "index.html").read_text(encoding="utf-8")
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import json
 import re
-import shutil
 import subprocess
 from collections import Counter
 from pathlib import Path
@@ -15,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from loadsim.report import Report, build_report
+from tests.components import debian_program
 from tests.helpers import RecordedLogs, first_lines
 
 pytestmark = pytest.mark.usefixtures("no_stray_reports")
@@ -26,7 +26,9 @@ def test_page_embeds_every_chart_the_summary_and_the_configuration(
 ) -> None:
     page = saturation_report.index.read_text(encoding="utf-8")
     files = sorted(saturation_report.out_dir.glob("*.png"))
-    assert len(files) == len(saturation_report.charts) == 2 * 4 + 2
+    # two scenarios of five charts each (timeline, pool, distribution, latency, memory), and
+    # the two comparing them
+    assert len(files) == len(saturation_report.charts) == 2 * 5 + 2
     sources = re.findall(r'<img src="([^"]+)"', page)
     assert len(sources) == len(files)
     for path in files:
@@ -52,14 +54,7 @@ def test_page_escapes_text_from_the_log(recorded: RecordedLogs, tmp_path: Path) 
 
 
 def chromium() -> str:
-    for name in CHROMIUM_NAMES:
-        found = shutil.which(name)
-        if found:
-            return found
-    pytest.fail(
-        "headless Chromium is needed to check the report page and was not found: install "
-        "Debian's package (apt-get install chromium); .ci/run installs it"
-    )
+    return debian_program("chromium", *CHROMIUM_NAMES)
 
 
 def headless(url: str, profile: Path, *arguments: str) -> subprocess.CompletedProcess[bytes]:

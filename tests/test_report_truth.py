@@ -8,15 +8,33 @@ from __future__ import annotations
 
 import itertools
 import math
+import struct
+from collections import Counter
+from collections.abc import Callable
 
 import numpy as np
 import pytest
 from matplotlib.colors import to_rgb
 
 from loadsim.report import palette
-from loadsim.report.aggregate import read_log
-from loadsim.report.charts import LINEAR_SPREAD, latency_chart, pool_chart
-from loadsim.report.compare import PANELS, RunFigures, comparison_chart, figures, overlaps
+from loadsim.report.aggregate import ScenarioData, read_log
+from loadsim.report.charts import (
+    LINEAR_SPREAD,
+    MIN_BAR_PX,
+    Chart,
+    distribution_chart,
+    latency_chart,
+    pool_chart,
+    timeline_chart,
+)
+from loadsim.report.compare import (
+    PANELS,
+    RunFigures,
+    comparison_chart,
+    comparison_over_time_chart,
+    figures,
+    overlaps,
+)
 from loadsim.report.reader import LogSource
 from tests.helpers import Event, RecordedLogs, events_of
 
@@ -49,8 +67,12 @@ def test_clients_waiting_through_a_stall_are_the_snapshots_count(
     stalled = [s for s in stats if s["pending_requests"] == 5]
     assert len(stalled) >= 5  # the log is what this test is about
     *during, last = stats
+    for snapshot in stalled:
+        assert drawn_at(waiting, snapshot["t"]) == 5, snapshot["t"]
+    # the chart draws each step's peak: a snapshot taken just before clients (re)queue in the
+    # same step is drawn at their count, never below its own
     for snapshot in during:
-        assert drawn_at(waiting, snapshot["t"]) == snapshot["pending_requests"], snapshot["t"]
+        assert drawn_at(waiting, snapshot["t"]) >= snapshot["pending_requests"], snapshot["t"]
     # the run stopped: the waiting clients were cancelled (no event says so), the last
     # snapshot counts none, and from it on the chart shows none
     assert last["pending_requests"] == 0
@@ -234,11 +256,21 @@ def runs(recorded: RecordedLogs) -> list[RunFigures]:
     return figures(scenarios)
 
 
+@pytest.fixture(scope="module")
+def comparisons(runs: list[RunFigures]) -> dict[int, tuple[Chart, Chart]]:
+    """The comparison charts of the first 2, 3 and 5 runs, drawn once for the module."""
+    return {
+        n: (comparison_chart(runs[:n]), comparison_over_time_chart(runs[:n])) for n in (2, 3, 5)
+    }
+
+
 @pytest.mark.parametrize("n", [2, 3, 5])
-def test_comparison_panels_are_readable(runs: list[RunFigures], n: int) -> None:
+def test_comparison_panels_are_readable(
+    runs: list[RunFigures], comparisons: dict[int, tuple[Chart, Chart]], n: int
+) -> None:
     """Value labels collided ("494.4494.3"), legends sat on the bars, a y axis began at 7 ms,
     and panels with nothing in them were empty boxes. Measured on the laid-out figure."""
-    chart = comparison_chart(runs[:n]).data
+    chart = comparisons[n][0].data
     for title, panel in chart["panels"].items():
         assert panel["ylim"][0] == 0, title  # bars start at zero
         assert not overlaps(panel["value_labels"]), f"{title}: value labels overlap"
@@ -273,7 +305,221 @@ def test_a_narrow_distribution_is_drawn_on_a_scale_that_shows_it(
     use = latency_chart(data, "").data["distributions"]["use_time_ms"]
     assert data.use_ms.max / data.use_ms.percentile(0) < LINEAR_SPREAD
     assert use["scale"] == "linear"
-    assert use["bars"] >= 5
+    # as fine as the log's histogram keeps them (buckets 2.3 % wide): no bucket merged
+    assert use["bars"] == len(data.use_ms.nonzero()) >= 3
     assert len(use["ticks"]) >= 3
     wait = latency_chart(data, "").data["distributions"]["wait_time_ms"]
     assert wait["scale"] == "log" and wait["bars"] >= 10 and len(wait["ticks"]) >= 3
+
+
+# ------------------------------------------------------- what a person can read
+
+
+def png_size(png: bytes) -> tuple[int, int]:
+    """Width and height of a PNG, from its header."""
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    return struct.unpack(">II", png[16:24])
+
+
+def assert_readable(chart: Chart) -> None:
+    """Every text the chart drew lies inside the image, and none on another (extents from
+    the Agg renderer, after layout)."""
+    width, height = png_size(chart.png)
+    texts = chart.data["texts"]
+    assert texts, chart.name
+    for text, (x0, y0, x1, y1) in texts:
+        assert x0 >= -0.5 and x1 <= width + 0.5, f"{chart.name}: {text!r} leaves the figure"
+        assert y0 >= -0.5 and y1 <= height + 0.5, f"{chart.name}: {text!r} leaves the figure"
+    boxes = [box for _, box in texts]
+    clashes = [(texts[i][0], texts[j][0]) for i, j in overlaps(boxes)]
+    assert not clashes, f"{chart.name}: texts on each other: {clashes}"
+
+
+@pytest.fixture(scope="module")
+def every_scenario(recorded: RecordedLogs) -> list[ScenarioData]:
+    return [
+        data
+        for path in (recorded.saturation, recorded.exhaustion, recorded.pooled, recorded.instances)
+        for data in read_log(LogSource.of(path)).scenarios
+    ]
+
+
+DRAW: dict[str, Callable[[ScenarioData, str], Chart]] = {
+    "timeline": timeline_chart,
+    "pool": pool_chart,
+    "distribution": distribution_chart,
+    "latency": latency_chart,
+}
+
+
+@pytest.fixture(scope="module")
+def every_chart(every_scenario: list[ScenarioData]) -> list[tuple[ScenarioData, dict[str, Chart]]]:
+    """Each recorded scenario with its four charts, drawn once for the module."""
+    return [
+        (data, {kind: draw(data, "") for kind, draw in DRAW.items()}) for data in every_scenario
+    ]
+
+
+@pytest.mark.parametrize("kind", DRAW)
+def test_no_label_lies_on_another_or_outside_the_figure(
+    every_chart: list[tuple[ScenarioData, dict[str, Chart]]], kind: str
+) -> None:
+    """A percentile label beside a line at the axis' right end ran out of the figure
+    ("p95 8.." cut off), and past its axes onto the next one's ticks; alerts' labels too."""
+    for _, charts in every_chart:
+        assert_readable(charts[kind])
+
+
+def test_percentile_labels_near_the_right_edge_stay_in_their_axes(
+    every_chart: list[tuple[ScenarioData, dict[str, Chart]]],
+) -> None:
+    """The labels of a distribution's percentiles stay within its own axes: a label that
+    would pass the right edge is written on its line's left."""
+    flipped = 0
+    for data, charts in every_chart:
+        chart = charts["latency"]
+        for key, drawn in chart.data["distributions"].items():
+            for label, (x0, _, x1, _), (ax0, ax1) in drawn.get("labels", []):
+                assert ax0 - 0.5 <= x0 and x1 <= ax1 + 0.5, f"{data.scenario} {key}: {label}"
+            flipped += drawn.get("labels_left", 0)
+    assert flipped  # the logs hold a case that needed it
+
+
+@pytest.mark.parametrize("n", [2, 3, 5])
+def test_comparison_texts_are_readable(comparisons: dict[int, tuple[Chart, Chart]], n: int) -> None:
+    for chart in comparisons[n]:
+        assert_readable(chart)
+
+
+def test_run_names_are_never_cut_inside_a_word(runs: list[RunFigures]) -> None:
+    """ "long-transactions" under its bar was "long-trans" / "actions"."""
+    named = [
+        RunFigures(name, run.data, run.values, run.from_summary)
+        for name, run in zip(
+            ["long-transactions", "pre-ping-off", "recycle-off", "saturation", "unpooled"],
+            runs,
+            strict=True,
+        )
+    ]
+    chart = comparison_chart(named).data
+    for panel in chart["panels"].values():
+        for tick, name in zip(panel["tick_texts"], [run.label for run in named], strict=True):
+            lines = tick.split("\n")
+            assert "".join(lines) == name
+            for line in lines[:-1]:
+                assert line.endswith("-"), f"{name!r} cut as {lines}"
+
+
+# --------------------------------------------------------------- no empty panel
+
+
+def test_the_pool_chart_draws_no_empty_panel(
+    every_chart: list[tuple[ScenarioData, dict[str, Chart]]],
+) -> None:
+    """An overflow panel that said "no overflow" and a NullPool utilisation panel with an
+    axis from -0.05 to 0.05 were empty boxes: what they would say is a note now."""
+    seen = Counter[str]()
+    for data, charts in every_chart:
+        chart = charts["pool"].data
+        panels = chart["panels"]
+        for title, labels in panels.items():
+            assert labels, f"{data.scenario}: the panel {title!r} is empty"
+        has_overflow = any(title.startswith("Overflow") for title in panels)
+        assert has_overflow == (chart["max_overflow"] > 0), data.scenario
+        has_utilisation = any(title.startswith("Pool utilisation") for title in panels)
+        queue_pool = data.pool_config.get("pool_class", "queue") != "null"
+        assert has_utilisation == queue_pool, data.scenario
+        if data.alerts:  # drawn wherever the utilisation is, or on the connections
+            assert any("monitor alert" in labels for labels in panels.values()), data.scenario
+        seen["overflow" if has_overflow else "no overflow"] += 1
+        seen["utilisation" if has_utilisation else "no utilisation"] += 1
+    assert len(seen) == 4  # the logs hold each case
+
+
+def test_pool_size_is_one_line_when_it_is_the_limit(
+    every_chart: list[tuple[ScenarioData, dict[str, Chart]]],
+) -> None:
+    """max_overflow = 0: pool_size and the limit are one value; drawn as two lines, one hid
+    the other and the legend named both."""
+    for data, charts in every_chart:
+        chart = charts["pool"].data
+        (top,) = [labels for title, labels in chart["panels"].items() if "open and in" in title]
+        limits = [label for label in top if label.startswith(("pool_size", "max ="))]
+        if chart["pool_size"] is None:
+            assert not limits
+        elif chart["limit"] == chart["pool_size"]:
+            assert len(limits) == 1 and "max" in limits[0], data.scenario
+        else:
+            assert len(limits) == 2, data.scenario
+    assert any(
+        charts["pool"].data["limit"] == charts["pool"].data["pool_size"]
+        for _, charts in every_chart
+    )
+
+
+def test_count_axes_have_whole_number_ticks(
+    every_chart: list[tuple[ScenarioData, dict[str, Chart]]],
+) -> None:
+    """Clients waiting 0.2, 0.4, ...; checkouts per client 0.5, 1.5, 2.5."""
+    for data, charts in every_chart:
+        for chart in (charts["pool"], charts["distribution"]):
+            for title, ticks in chart.data["count_ticks"].items():
+                assert ticks and all(t == int(t) for t in ticks), f"{data.scenario} {title}"
+
+
+# ----------------------------------------------------------------------- timeline
+
+
+def test_every_checkout_is_wide_enough_to_be_seen(
+    every_chart: list[tuple[ScenarioData, dict[str, Chart]]],
+) -> None:
+    """pre-ping-off's checkouts of about a millisecond on a 3 s axis were drawn as nothing
+    but their white edges: each bar is at least MIN_BAR_PX wide, and the chart says so."""
+    widened = 0
+    for data, charts in every_chart:
+        chart = charts["timeline"].data
+        if chart["bars"]:
+            assert chart["narrowest_bar_px"] >= MIN_BAR_PX * 0.9, data.scenario
+        widened += chart["bars_widened"]
+        if chart["bars_widened"]:
+            assert any("drawn that wide" in text for text, _ in chart["texts"])
+    assert widened  # the logs hold short checkouts
+
+
+def test_no_two_clients_in_the_legend_share_a_colour(
+    every_chart: list[tuple[ScenarioData, dict[str, Chart]]],
+) -> None:
+    """With 10 or 12 clients and 9 colours, the legend named client 0 and client 9 in the
+    same teal: which bar was whose could not be read from it."""
+    for data, charts in every_chart:
+        legend = charts["timeline"].data["legend"]
+        clients = [colour for label, colour in legend if label.startswith("client ")]
+        assert len(clients) == len(set(clients)), data.scenario
+        for label, colour in legend:
+            if label.startswith("client "):
+                assert colour in palette.client_palette()
+
+
+def test_timeouts_at_one_instant_are_counted_where_they_coincide(
+    recorded: RecordedLogs, every_chart: list[tuple[ScenarioData, dict[str, Chart]]]
+) -> None:
+    """exhaustion: five clients time out together each time; their five crosses were one,
+    and 40 timeouts looked like 8. Each cross now says how many it stands for."""
+    events = events_of(recorded.exhaustion)["exhaustion"]
+    timed_out = sorted(e["t"] for e in events if e["event"] == "client.timeout")
+    seen_coinciding, checked = False, 0
+    for data, charts in every_chart:
+        chart = charts["pool"].data
+        marks = chart["timeout_marks"]
+        assert sum(number for _, number in marks) == chart["timeouts"], data.scenario
+        texts = [text for text, _ in chart["texts"]]
+        for _, number in marks:
+            if number > 1:
+                seen_coinciding = True
+                assert f"\u00d7{number}" in texts, data.scenario
+        if data.source == str(recorded.exhaustion):
+            checked += 1
+            assert chart["timeouts"] == len(timed_out) == 40
+            for t, _ in marks:  # each cross is drawn at a timeout's own time
+                assert min(abs(t - other) for other in timed_out) < 1e-6
+    assert seen_coinciding and checked == 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from loadsim.config.scenario import (
     Workload,
     default_scenario_path,
     load_scenarios,
+    merge_session_settings,
     parse_distribution,
     parse_duration,
     parse_scenarios,
@@ -461,3 +463,118 @@ def test_default_scenario_path_prefers_a_local_file(
     monkeypatch.chdir(tmp_path)
     assert default_scenario_path() == local
     assert list(load_scenarios().scenarios) == ["only_here"]
+
+
+# ----------------------------------------------------------- session settings, deadline
+
+
+def test_session_settings_are_read_as_postgresql_takes_them() -> None:
+    """[session]: any session GUC, values as strings (durations PostgreSQL's way), numbers
+    or booleans, sent as text; names folded to lower case as the server does, dotted ones
+    (an extension's, the application's own) allowed."""
+    scenario = parse_scenarios(
+        textwrap.dedent("""
+        [scenarios.a.session]
+        statement_timeout = "250ms"
+        Lock_Timeout = 100
+        "pg_stat_statements.track" = "all"
+        jit = false
+        random_page_cost = 1.5
+        """),
+        X_TOML,
+    ).get("a")
+    assert dict(scenario.session) == {
+        "statement_timeout": "250ms",
+        "lock_timeout": "100",
+        "pg_stat_statements.track": "all",
+        "jit": "off",
+        "random_page_cost": "1.5",
+    }
+    assert parse_scenarios("[scenarios.b]\n", X_TOML).get("b").session == {}
+
+
+def test_session_settings_and_the_faults_idle_timeouts_are_one_set() -> None:
+    """The faults' idle timeouts (in ms) and the [session] table, merged: what every
+    session of the pool is opened with."""
+    text = (
+        '[scenarios.a.faults]\nidle_session_timeout = "2s"\n'
+        '[scenarios.a.session]\nstatement_timeout = "1s"\n'
+    )
+    scenario = parse_scenarios(text, X_TOML).get("a")
+    assert merge_session_settings(scenario.session, scenario.faults) == {
+        "idle_session_timeout": "2000",
+        "statement_timeout": "1s",
+    }
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            '[scenarios.a.session]\n"statement timeout" = "1s"\n',
+            "scenario 'a' [session]: 'statement timeout' is not a server setting's name",
+        ),
+        (
+            '[scenarios.a.session]\n"a..b" = "1"\n',
+            "'a..b' is not a server setting's name",
+        ),
+        (
+            '[scenarios.a.session]\n"1abc" = "1"\n',
+            "'1abc' is not a server setting's name",
+        ),
+        (
+            '[scenarios.a.session]\napplication_name = "mine"\n',
+            "key 'application_name' is loadsim's own",
+        ),
+        (
+            '[scenarios.a.session]\nstatement_timeout = ["1s"]\n',
+            "key 'statement_timeout': expected a value as PostgreSQL takes it",
+        ),
+        (
+            "[scenarios.a.session]\nstatement_timeout = { ms = 1 }\n",
+            "key 'statement_timeout': expected a value as PostgreSQL takes it",
+        ),
+        (
+            "[scenarios.a.session]\nstatement_timeout = nan\n",
+            "key 'statement_timeout': expected a finite number",
+        ),
+        (
+            '[scenarios.a.session]\nStatement_Timeout = "1s"\nstatement_timeout = "2s"\n',
+            "setting 'statement_timeout' is given twice",
+        ),
+        ("[scenarios.a]\nsession = 3\n", "scenario 'a' [session]: expected a table"),
+        (
+            '[scenarios.a.faults]\nidle_session_timeout = "2s"\n'
+            '[scenarios.a.session]\nidle_session_timeout = "3s"\n',
+            "idle_session_timeout is set in [faults] and in [session]: keep one of them",
+        ),
+        (
+            '[scenarios.a.workload]\ndeadline = "0s"\n',
+            "key 'deadline': expected a duration greater than zero",
+        ),
+        (
+            '[scenarios.a.workload]\ndeadline = "2h"\n',
+            "key 'deadline': expected from 1ms to 3600s",
+        ),
+        (
+            '[[scenarios.a.groups]]\nname = "x"\nbehaviour = "leak"\ndeadline = "1s"\n',
+            "key 'deadline' is for 'loop' clients",
+        ),
+    ],
+)
+def test_bad_session_settings_and_deadlines_are_named(text: str, message: str) -> None:
+    error = parse_error(text)
+    assert error.startswith("x.toml: ")
+    assert message in error
+
+
+def test_a_deadline_reaches_the_clients_of_its_workload_and_groups() -> None:
+    text = (
+        '[scenarios.a.workload]\ndeadline = "250ms"\n'
+        '[[scenarios.a.groups]]\nname = "g"\ndeadline = "1s"\n'
+    )
+    scenario = parse_scenarios(text, X_TOML).get("a")
+    assert scenario.workload.deadline == 0.25
+    assert scenario.workload.main_group().deadline == 0.25
+    assert scenario.groups[0].deadline == 1.0
+    assert parse_scenarios("[scenarios.b]\n", X_TOML).get("b").workload.deadline is None

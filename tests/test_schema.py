@@ -31,7 +31,7 @@ from tests.helpers import (
 )
 
 README = (REPOSITORY / "README.md").read_text(encoding="utf-8")
-UNITS = {"ms", "s", "count", "count/s", "ratio"}
+UNITS = {"ms", "s", "count", "count/s", "ratio", "MiB"}
 
 
 def envelope(event: str, instance: int | None = 0, **fields: Any) -> dict[str, Any]:
@@ -55,6 +55,7 @@ def test_every_event_and_field_is_declared_with_a_meaning_and_a_known_unit() -> 
         | schema.MONITOR_EVENTS
         | schema.FAULT_EVENTS
         | schema.RUN_EVENTS
+        | schema.SIZE_EVENTS
     )
     assert schema.ENVELOPE == ("ts", "t", "event", "run_id", "scenario", "instance")
 
@@ -178,6 +179,7 @@ def _a_snapshot() -> dict[str, Any]:
         checkouts_per_s=0.0,
         connects_per_s=0.0,
         utilisation=None,
+        queue_jump_share=None,
         **{schema.latency_key(name): {"count": 0} for name in schema.LATENCY_NAMES},
         totals=counters,
         server={"idle": 2},

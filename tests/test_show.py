@@ -28,7 +28,7 @@ description = "every kind of setting"
 preset = "base"
 duration = "30s"
 pool = { max_overflow = 0 }
-workload = { hold = "20ms" }
+workload = { hold = "20ms", deadline = "1s" }
 thresholds = ["timeouts == 0", "wait_time_p99_ms < 250"]
 
 [scenarios.everything.arrivals]
@@ -46,6 +46,10 @@ leak_reclaim = "11s"
 terminate = ["4s"]
 terminate_which = "idle"
 idle_session_timeout = "2m"
+
+[scenarios.everything.session]
+statement_timeout = "250ms"
+lock_timeout = 100
 
 [[scenarios.everything.groups]]
 name = "forgetful"
@@ -78,6 +82,10 @@ def expected_keys(config: RunConfig) -> set[str]:
             keys.update(value)  # every recorded source has its row
         elif spec.name in ("pool", "workload"):
             keys.update(field.name for field in dataclasses.fields(value))
+        elif spec.name == "session":  # every setting our sessions get, [faults]' too
+            keys.update(f"session.{name}" for name in config.session_settings)
+            if not config.session_settings:
+                keys.add("session")
         elif spec.name == "groups":
             keys.update(
                 f"groups.{group.name}.{field.name}"
@@ -113,6 +121,11 @@ def test_every_field_of_every_dataclass_is_shown() -> None:
     assert shown["faults.terminate_which"] == "idle  (scenario)"
     assert shown["faults.idle_session_timeout"] == "120s  (scenario)"
     assert shown["faults.restart"] == "-  (default)"
+    assert shown["deadline"] == "1s  (scenario)"
+    # the server settings of our sessions: the [session] table and the faults' idle timeout
+    assert shown["session.statement_timeout"] == "250ms  (scenario)"
+    assert shown["session.lock_timeout"] == "100  (scenario)"
+    assert shown["session.idle_session_timeout"] == ("120000  (faults.idle_session_timeout, in ms)")
     assert shown["arrivals.rate"].startswith("50")
     assert shown["arrivals.distribution"] == "poisson  (scenario)"
     assert shown["arrivals.max_in_flight"] == "200  (scenario)"
@@ -129,7 +142,17 @@ def test_every_field_of_every_dataclass_is_shown() -> None:
 
 
 @pytest.mark.parametrize(
-    "name", ["normal", "exhaustion", "leak", "recycle", "pre-ping", "long-transactions"]
+    "name",
+    [
+        "normal",
+        "exhaustion",
+        "leak",
+        "recycle",
+        "pre-ping",
+        "long-transactions",
+        "statement-timeout",
+        "client-deadline",
+    ],
 )
 def test_every_shipped_scenario_is_shown_whole(name: str) -> None:
     shipped = load_scenarios(Path(__file__).parents[1] / "loadsim" / "scenarios.toml")
@@ -160,3 +183,17 @@ def test_show_prints_the_monitor_of_a_file(loadsim: RunLoadsim, tmp_path: Path) 
     shown = rows(result.stdout)
     assert shown["monitor.leak_threshold"] == "7s  (scenario)"
     assert shown["monitor.leak_reclaim"] == "11s  (scenario)"
+
+
+def test_show_prints_the_session_settings_and_the_deadline(loadsim: RunLoadsim) -> None:
+    """The server settings our sessions get, where each came from: statement-timeout's
+    [session] table, recycle's [faults] idle timeout (as sent: in ms); none for the others.
+    client-deadline's deadline is the workload's."""
+    timeout = rows(loadsim("show", "statement-timeout").stdout)
+    assert timeout["session.statement_timeout"] == "200ms  (scenario)"
+    assert timeout["deadline"] == "-  (default)"
+    recycle = rows(loadsim("show", "recycle").stdout)
+    assert recycle["session.idle_session_timeout"] == "2000  (faults.idle_session_timeout, in ms)"
+    deadline = rows(loadsim("show", "client-deadline").stdout)
+    assert deadline["deadline"] == "200ms  (scenario)"
+    assert deadline["session"] == "- (the server's own settings)  (default)"

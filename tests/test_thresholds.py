@@ -55,8 +55,16 @@ def test_thresholds_fail_the_run_with_exit_1(loadsim: RunLoadsim, database_url: 
         "checkouts > 0",
     )
     assert result.returncode == 1, result.stderr
-    assert "threshold failed in exhaustion: timeouts == 0" in result.stderr
     events = parse_events(result.stdout)
+    summary = by_name(events, "run.end")[0]["summary"]
+    verdicts_said = [line for line in result.stderr.splitlines() if " threshold " in line]
+    assert verdicts_said == [  # both, in the order given, each with the figure it judged
+        f"loadsim: threshold failed in exhaustion: timeouts == 0 "
+        f"(timeouts = {len(by_name(events, 'client.timeout'))})",
+        f"loadsim: threshold passed in exhaustion: checkouts > 0 "
+        f"(checkouts = {len(by_name(events, 'pool.checkout'))})",
+    ]
+    assert summary["timeouts"] > 0
     verdicts = {event["threshold"]: event["passed"] for event in by_name(events, "run.threshold")}
     assert verdicts == {"timeouts == 0": False, "checkouts > 0": True}
     assert events[-1]["event"] == "run.end"
@@ -80,3 +88,14 @@ def test_thresholds_from_the_scenario_file_pass(
     assert result.returncode == 0, result.stderr
     summary = parse_events(result.stdout)[-1]["summary"]
     assert [verdict["passed"] for verdict in summary["thresholds"]] == [True, True, True]
+    said = [line for line in result.stderr.splitlines() if " threshold " in line]
+    assert [line.split(": ", 2)[1:] for line in said] == [
+        ["threshold passed in calm", f"timeouts == 0 (timeouts = {summary['timeouts']})"],
+        [
+            "threshold passed in calm",
+            f"wait_time_p95_ms < 1000 (wait_time_p95_ms = {summary['wait_time_ms']['p95']:g})",
+        ],
+        ["threshold passed in calm", "leaks == 0 (leaks = 0)"],
+    ]
+    quiet = loadsim("run", "calm", "-q", "--file", str(file), "--database-url", database_url)
+    assert quiet.returncode == 0 and quiet.stderr == ""  # --quiet: only failures are said

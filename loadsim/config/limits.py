@@ -24,8 +24,24 @@ CONNECTION_HEADROOM = 20
 #: PostgreSQL's integer settings in milliseconds (idle_session_timeout, ...) stop at INT_MAX.
 POSTGRES_MAX_MS = 2**31 - 1
 
+#: The longest duration anywhere in a scenario (a run, a hold, a ramp-up, a fault's start):
+#: 30 days, longer than any soak; a longer one is a slip of the unit ("30d" for "30s").
+MAX_DURATION_S = 30 * 86_400
+#: Waits and holds are measured up to an hour (the histograms' range, run/histogram.py): a
+#: pool_timeout beyond it would be a wait that no figure could report.
+MAX_LATENCY_S = 3_600
+#: monitor.interval at least 10 ms: each snapshot asks the server for its sessions; more often
+#: the monitor measures itself and its queries load the server it watches.
+MIN_MONITOR_INTERVAL_S = 0.01
+
 #: Memory one waiting client costs (bench/scale.py: 16 KB at 1,000 to 50,000 clients).
 BYTES_PER_CLIENT = 16 * 1024
+#: Clients (the main workload's and its groups') one instance process drives. bench/scale.py
+#: measured 50,000 all asking within seconds with a loop lag p99 of 1-2 ms; at 200,000 the
+#: process spent half a minute starting them, 20 ms holds took 1.7 s, and a stop took 6-14 s
+#: (each waiting client costs some 0.1 ms to wind down): the figures measured loadsim, not the
+#: pool. More clients than this are for --instances, each its own process.
+MAX_CLIENTS_PER_INSTANCE = 50_000
 #: Memory one instance process costs before its clients (Python, SQLAlchemy, asyncpg: ~60 MB).
 BYTES_PER_INSTANCE = 80 * 1024 * 1024
 

@@ -22,6 +22,9 @@ from typing import Any, Literal
 from loadsim.config.limits import (
     INT64_MAX,
     MAX_ARRIVAL_RATE,
+    MAX_DURATION_S,
+    MAX_LATENCY_S,
+    MIN_MONITOR_INTERVAL_S,
     POSTGRES_MAX_CONNECTIONS,
     POSTGRES_MAX_MS,
     SEED_MAX,
@@ -34,6 +37,10 @@ from loadsim.errors import ScenarioError
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+class DurationTooLong(ValueError):
+    """A well-formed duration past MAX_DURATION_S: its own message says why."""
 
 
 def parse_duration(value: object) -> float:
@@ -51,7 +58,12 @@ def parse_duration(value: object) -> float:
     else:
         raise ValueError(f"expected a duration such as '250ms', '2s' or '1m30s', got {value!r}")
     if not math.isfinite(seconds) or seconds < 0:
-        raise ValueError(f"a duration cannot be negative or infinite, got {value!r}")
+        raise ValueError(f"a duration cannot be negative or infinite, got {shown(value)}")
+    if seconds > MAX_DURATION_S:
+        raise DurationTooLong(
+            f"expected a duration of at most 30 days ({MAX_DURATION_S:,} s), longer than any "
+            f"soak; got {shown(value)}"
+        )
     return seconds
 
 
@@ -65,7 +77,7 @@ def _parse_duration_units(text: str, original: str) -> float:
     if position != len(text) or not text:
         raise ValueError(
             f"expected a duration such as '250ms', '2s', '1m30s' or a number of seconds, "
-            f"got {original!r}"
+            f"got {shown(original)}"
         )
     return seconds
 
@@ -124,14 +136,18 @@ def parse_distribution(value: object) -> Distribution:
     if match is None:
         try:
             return Distribution("fixed", parse_duration(value))
+        except DurationTooLong:
+            raise
         except ValueError:
-            raise ValueError(f"expected {_DISTRIBUTION_HELP}, got {value!r}") from None
+            raise ValueError(f"expected {_DISTRIBUTION_HELP}, got {shown(value)}") from None
     kind = match.group(1).lower()
     arguments = [part for part in match.group(2).split(",")]
     try:
         numbers = [parse_duration(part) for part in arguments]
+    except DurationTooLong:
+        raise
     except ValueError:
-        raise ValueError(f"expected {_DISTRIBUTION_HELP}, got {value!r}") from None
+        raise ValueError(f"expected {_DISTRIBUTION_HELP}, got {shown(value)}") from None
     if kind == "exp":
         if len(numbers) != 1:
             raise ValueError(f"exp takes one argument, the mean, got {value!r}")
@@ -218,6 +234,21 @@ def _positive_seconds(value: object) -> float:
     return seconds
 
 
+def _bounded_seconds(low: float, high: float, reason: str) -> Callable[[object], float]:
+    """A duration greater than zero, from `low` to `high` seconds; `reason` says why."""
+
+    def parse(value: object) -> float:
+        seconds = _positive_seconds(value)
+        if not low <= seconds <= high:
+            raise ValueError(
+                f"expected from {format_duration(low)} to {format_duration(high)} ({reason}), "
+                f"got {shown(value)}"
+            )
+        return seconds
+
+    return parse
+
+
 def _recycle_seconds(value: object) -> float:
     """`pool_recycle`: a duration, or -1 / "off" to disable recycling."""
     if isinstance(value, str) and value.strip().lower() in {"off", "never", "-1"}:
@@ -248,7 +279,7 @@ POOL_KEYS: Mapping[str, Callable[[object], Any]] = MappingProxyType(
         "max_overflow": _integer(
             -1, "an integer of at least 0, or -1 for no limit", *_MOST_CONNECTIONS
         ),
-        "pool_timeout": _positive_seconds,
+        "pool_timeout": _bounded_seconds(0, MAX_LATENCY_S, "waits are measured up to an hour"),
         "pool_recycle": _recycle_seconds,
         "pool_pre_ping": parse_bool,
         "pool_use_lifo": parse_bool,
@@ -297,6 +328,9 @@ class Workload:
     #: Hold the connection inside an open transaction, idle on the server (client-side wait),
     #: instead of running pg_sleep: the server shows the session `idle in transaction`.
     in_transaction: bool = False
+    #: A client-side deadline (seconds) on the work done with a connection: `asyncio.timeout`
+    #: around it, cancelling the task while it holds the connection. None: no deadline.
+    deadline: float | None = None
 
     def main_group(self) -> ClientGroup:
         return ClientGroup(
@@ -306,6 +340,7 @@ class Workload:
             think=self.think,
             query=self.query,
             in_transaction=self.in_transaction,
+            deadline=self.deadline,
         )
 
 
@@ -327,6 +362,8 @@ class ClientGroup:
     think: Distribution = Distribution("fixed", 0.0)
     query: str | None = None
     in_transaction: bool = False
+    #: `loop` clients: a client-side deadline on each use of a connection (see Workload).
+    deadline: float | None = None
 
 
 @dataclass(frozen=True)
@@ -459,6 +496,7 @@ _WORKLOAD_TABLE_KEYS: Mapping[str, Callable[[object], Any]] = MappingProxyType(
         "think": parse_distribution,
         "query": lambda v: _query(v),
         "in_transaction": parse_bool,
+        "deadline": lambda v: _deadline(v),
     }
 )
 
@@ -495,8 +533,14 @@ _GROUP_KEYS: Mapping[str, Callable[[object], Any]] = MappingProxyType(
         "think": parse_distribution,
         "query": lambda v: _query(v),
         "in_transaction": parse_bool,
+        "deadline": lambda v: _deadline(v),
     }
 )
+
+
+def _deadline(value: object) -> float:
+    """A client-side deadline: a duration above zero, measured like a wait (up to an hour)."""
+    return _bounded_seconds(0.001, MAX_LATENCY_S, "a deadline is measured like a wait")(value)
 
 
 def _times(value: object) -> tuple[float, ...]:
@@ -526,6 +570,74 @@ _FAULT_KEYS: Mapping[str, Callable[[object], Any]] = MappingProxyType(
 )
 
 
+# --------------------------------------------------------------- session settings
+
+#: A server setting's name: an identifier, or dotted ones (an extension's
+#: `pg_stat_statements.track`, a custom `myapp.tenant`). PostgreSQL folds names to lower case.
+_SETTING_NAME = re.compile(r"[a-z_][a-z0-9_$]*(?:\.[a-z_][a-z0-9_$]*)*")
+#: Settings loadsim sets on its sessions itself: `application_name` is how it tells its own
+#: sessions apart on the server.
+OWN_SESSION_SETTINGS = frozenset({"application_name"})
+
+
+def _setting_value(value: object) -> str:
+    """A server setting's value as PostgreSQL takes it: a string as written ("250ms", "1min"),
+    a number, or true/false (on/off). The server alone judges whether it is valid."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"expected a finite number, got {shown(value)}")
+        return repr(value)
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise ValueError("a setting's value cannot contain a NUL character")
+        return value.strip()
+    raise ValueError(
+        f"expected a value as PostgreSQL takes it: a string such as '250ms', a number or "
+        f"true/false, got {shown(value)}"
+    )
+
+
+def _parse_session(value: object, where: str) -> dict[str, str]:
+    """`[scenarios.X.session]`: server settings (GUCs) for every session the pool opens."""
+    body = _table(value, where)
+    settings: dict[str, str] = {}
+    for key, item in body.items():
+        name = key.strip().lower()
+        if not _SETTING_NAME.fullmatch(name):
+            raise ScenarioError(
+                f"{where}: {shown(key)} is not a server setting's name (an identifier such as "
+                "statement_timeout, or dotted ones such as pg_stat_statements.track)"
+            )
+        if name in OWN_SESSION_SETTINGS:
+            raise ScenarioError(
+                f"{where}: key {key!r} is loadsim's own: it names our sessions on the server "
+                "so that they can be told apart from everyone else's"
+            )
+        if name in settings:
+            raise ScenarioError(f"{where}: setting {name!r} is given twice")
+        settings[name] = _parse_value(_setting_value, item, where, key)
+    return settings
+
+
+def _check_session_against_faults(session: Mapping[str, str], faults: Faults, where: str) -> None:
+    """A setting given in [session] and by [faults] (its idle timeouts) would have two values."""
+    for name in faults.session_settings():
+        if name in session:
+            raise ScenarioError(
+                f"{where}: {name} is set in [faults] and in [session]: keep one of them"
+            )
+
+
+def merge_session_settings(session: Mapping[str, str], faults: Faults) -> dict[str, str]:
+    """Every server setting of our sessions: the [faults] idle timeouts and the [session]
+    table, as one (the two never name the same setting: parsing refuses that)."""
+    return {**faults.session_settings(), **session}
+
+
 def _rate(value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise ValueError(f"expected a number of requests per second, got {shown(value)}")
@@ -538,6 +650,9 @@ def _rate(value: object) -> float:
         )
     return float(value)
 
+
+#: An arrival rate (`rate`, a stage's `target`, `--rate`): requests per second, bounded.
+parse_rate = _rate
 
 #: Stages an open workload may have (the driver looks its rate up in them at every request).
 MAX_STAGES = 1000
@@ -576,7 +691,11 @@ _ARRIVAL_KEYS: Mapping[str, Callable[[object], Any]] = MappingProxyType(
 )
 _MONITOR_KEYS: Mapping[str, Callable[[object], Any]] = MappingProxyType(
     {
-        "interval": _positive_seconds,
+        "interval": _bounded_seconds(
+            MIN_MONITOR_INTERVAL_S,
+            MAX_LATENCY_S,
+            "each snapshot queries the server: more often, the monitor measures itself",
+        ),
         "leak_threshold": _positive_seconds,
         "leak_reclaim": _positive_seconds,
     }
@@ -588,6 +707,7 @@ _SCENARIO_KEYS = (
     "workload",
     "groups",
     "faults",
+    "session",
     "monitor",
     "thresholds",
     "arrivals",
@@ -620,6 +740,9 @@ class Scenario:
     arrivals: Arrivals | None = None
     #: Application instances (processes, each with its own pool); None: not said.
     instances: int | None = None
+    #: `[session]`: server settings for every session the pool opens (name → value as
+    #: PostgreSQL takes it), besides the idle timeouts of `faults`.
+    session: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
 
 @dataclass(frozen=True)
@@ -730,6 +853,8 @@ def _parse_scenario(name: str, body: Mapping[str, Any], path: Path) -> Scenario:
     workload = Workload(**values)
     groups = _parse_groups(body.get("groups", []), f"{where} [[groups]]")
     faults = Faults(**_parse_table(body.get("faults", {}), _FAULT_KEYS, f"{where} [faults]"))
+    session = _parse_session(body.get("session", {}), f"{where} [session]")
+    _check_session_against_faults(session, faults, where)
     monitor = MonitorSettings(
         **_parse_table(body.get("monitor", {}), _MONITOR_KEYS, f"{where} [monitor]")
     )
@@ -775,6 +900,7 @@ def _parse_scenario(name: str, body: Mapping[str, Any], path: Path) -> Scenario:
             if "instances" in body
             else None
         ),
+        session=MappingProxyType(session),
     )
 
 
@@ -798,6 +924,11 @@ def _parse_groups(value: object, where: str) -> tuple[ClientGroup, ...]:
         group = ClientGroup(**values)
         if group.behaviour == "loop" and math.isinf(group.hold.a):
             raise ScenarioError(f"{place}: only 'leak' clients can hold a connection forever")
+        if group.behaviour != "loop" and group.deadline is not None:
+            raise ScenarioError(
+                f"{place}: key 'deadline' is for 'loop' clients; a {group.behaviour!r} client "
+                "keeps its connection on purpose"
+            )
         groups.append(group)
     names = [group.name for group in groups]
     duplicates = sorted({name for name in names if names.count(name) > 1} | ({"main"} & set(names)))

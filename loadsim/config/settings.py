@@ -6,8 +6,9 @@ came from."""
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -18,6 +19,7 @@ from loadsim.config.limits import (
     BYTES_PER_CLIENT,
     BYTES_PER_INSTANCE,
     CONNECTION_HEADROOM,
+    MAX_CLIENTS_PER_INSTANCE,
     POSTGRES_MAX_CONNECTIONS,
     available_memory,
     format_bytes,
@@ -34,9 +36,14 @@ from loadsim.config.scenario import (
     PoolConfig,
     Scenario,
     ScenarioFile,
+    Stage,
     Workload,
     check_workload,
+    format_duration,
+    merge_session_settings,
+    parse_rate,
 )
+from loadsim.config.telemetry import METRICS_PORT, parse_otlp_endpoint
 from loadsim.config.thresholds import Threshold, parse_threshold
 from loadsim.errors import ScenarioError
 from loadsim.schema import LEVELS as LOG_LEVELS
@@ -52,17 +59,26 @@ POOL_ENVIRONMENT = MappingProxyType(
         "ECHO_POOL": "echo_pool",
     }
 )
-ENVIRONMENT_VARIABLES = ("DATABASE_URL", *POOL_ENVIRONMENT, "LOG_LEVEL")
+#: Environment variable → run setting it controls (live metrics: config/telemetry.py).
+TELEMETRY_ENVIRONMENT = MappingProxyType(
+    {"LOADSIM_METRICS_PORT": "metrics_port", "LOADSIM_OTLP_ENDPOINT": "otlp_endpoint"}
+)
+ENVIRONMENT_VARIABLES = ("DATABASE_URL", *POOL_ENVIRONMENT, "LOG_LEVEL", *TELEMETRY_ENVIRONMENT)
 
 #: Flags whose option name is not simply the setting's name with dashes.
 FLAG_NAMES = MappingProxyType({"pool_pre_ping": "--pre-ping"})
 WORKLOAD_FLAGS = MappingProxyType(
-    {key: WORKLOAD_KEYS[key] for key in ("clients", "duration", "iterations")}
+    {key: WORKLOAD_KEYS[key] for key in ("clients", "duration", "iterations", "ramp_up")}
 )
 
 DEFAULT = "default"
 ENVIRONMENT = "environment"
 FLAG = "flag"
+
+
+def new_run_id() -> str:
+    """A run id for a run (or a fleet) given none: twelve hex digits."""
+    return uuid.uuid4().hex[:12]
 
 
 def read_environment(
@@ -98,11 +114,16 @@ class Flags:
     clients: int | None = None
     duration: str | None = None
     iterations: int | None = None
+    ramp_up: str | None = None
+    #: An arrival rate: the scenario's workload becomes (or stays) open, at this rate.
+    rate: float | None = None
     seed: int | None = None
     log_level: str | None = None
     #: Added to the scenario's own thresholds.
     thresholds: tuple[str, ...] = ()
     instances: int | None = None
+    metrics_port: int | None = None
+    otlp_endpoint: str | None = None
 
 
 @dataclass(frozen=True)
@@ -147,6 +168,19 @@ class RunConfig:
     #: setting name → where its value came from ("flag", "environment",
     #: "preset NAME (--preset)", "scenario", "preset NAME", "default").
     sources: Mapping[str, str]
+    #: Serve Prometheus's /metrics on this port while the run lasts (a fleet: one port per
+    #: instance, from this one up).
+    metrics_port: int | None = None
+    #: Push the same metrics over OTLP/HTTP to this URL.
+    otlp_endpoint: str | None = None
+    #: The scenario's `[session]` table: server settings for our sessions (name → value).
+    session: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+
+    @property
+    def session_settings(self) -> dict[str, str]:
+        """Every server setting each session of the pool gets: the faults' idle timeouts and
+        the `[session]` table (the one mechanism: asyncpg's server_settings at connect)."""
+        return merge_session_settings(self.session, self.faults)
 
 
 def resolve(
@@ -195,8 +229,9 @@ def resolve(
         # --iterations alone means "this many, however long it takes".
         workload = replace(workload, duration=None)
         sources["duration"] = FLAG
-    check_workload(workload, f"scenario {scenario.name!r}", scenario.faults, scenario.arrivals)
-    for key in ("ramp_up", "hold", "think", "query", "in_transaction"):
+    arrivals = _arrivals(scenario, workload, flags, sources)
+    check_workload(workload, f"scenario {scenario.name!r}", scenario.faults, arrivals)
+    for key in ("hold", "think", "query", "in_transaction", "deadline"):
         sources[key] = "scenario" if key in scenario.workload_keys else DEFAULT
 
     database_url, sources["database_url"] = _pick(
@@ -217,6 +252,12 @@ def resolve(
         instances, sources["instances"] = scenario.instances, "scenario"
     else:
         instances, sources["instances"] = 1, DEFAULT
+    metrics_port = _telemetry(
+        flags.metrics_port, environment, "metrics_port", METRICS_PORT, sources
+    )
+    otlp_endpoint = _telemetry(
+        flags.otlp_endpoint, environment, "otlp_endpoint", parse_otlp_endpoint, sources
+    )
     config = RunConfig(
         scenario=scenario.name,
         description=scenario.description,
@@ -228,14 +269,64 @@ def resolve(
         monitor=scenario.monitor,
         thresholds=scenario.thresholds
         + tuple(_parse_flag(parse_threshold, text, "threshold") for text in flags.thresholds),
-        arrivals=scenario.arrivals,
+        arrivals=arrivals,
         instances=instances,
         seed=seed,
         log_level=log_level,
+        metrics_port=metrics_port,
+        otlp_endpoint=otlp_endpoint,
         sources=MappingProxyType(sources),
+        session=scenario.session,
     )
     check_resources(config)
     return config
+
+
+def _arrivals(
+    scenario: Scenario, workload: Workload, flags: Flags, sources: dict[str, str]
+) -> Arrivals | None:
+    """An open workload's arrivals after `--rate` and ramp-up. `--rate R` is a constant rate
+    of R requests a second from the start: it replaces an open scenario's rate and stages,
+    and turns a closed scenario open (its clients' hold and query serve each request; its
+    groups stay closed). A ramp-up on an open workload (`--ramp-up`, or the scenario's
+    `ramp_up`) takes the rate from 0 to its starting rate over that time, before any stage."""
+    arrivals = scenario.arrivals
+    if flags.rate is not None:
+        rate = _parse_flag(parse_rate, flags.rate, "rate")
+        if workload.duration is None:
+            raise ScenarioError(
+                f"--rate: an open workload runs for a duration, and scenario "
+                f"{scenario.name!r} has none here (add --duration)"
+            )
+        others = "scenario" if arrivals is not None else "default (open by --rate)"
+        if arrivals is None:
+            arrivals = Arrivals(rate=rate)
+        else:
+            arrivals = replace(arrivals, rate=rate, stages=())
+        sources["arrivals.rate"] = FLAG
+    elif arrivals is not None:
+        others = sources["arrivals.rate"] = "scenario"
+    if arrivals is not None:
+        sources["arrivals.distribution"] = sources["arrivals.max_in_flight"] = others
+    if workload.duration is not None and workload.ramp_up > workload.duration:
+        raise ScenarioError(
+            f"{_ramp_up_named(scenario, flags)}: the ramp-up "
+            f"({format_duration(workload.ramp_up)}) is longer than the run "
+            f"({format_duration(workload.duration)}): what it would start after the end "
+            "never starts; shorten it or lengthen --duration"
+        )
+    if arrivals is not None and workload.ramp_up > 0:
+        arrivals = replace(
+            arrivals, rate=0.0, stages=(Stage(workload.ramp_up, arrivals.rate), *arrivals.stages)
+        )
+        # the rate the ramp starts from is the ramp's; the rate it climbs to, the first stage's
+        sources["arrivals.stages[0]"] = f"{sources['arrivals.rate']}, ramp_up {sources['ramp_up']}"
+        sources["arrivals.rate"] = f"ramp_up {sources['ramp_up']}"
+    return arrivals
+
+
+def _ramp_up_named(scenario: Scenario, flags: Flags) -> str:
+    return "--ramp-up" if flags.ramp_up is not None else f"scenario {scenario.name!r}: ramp_up"
 
 
 #: The share of the memory available that the clients of a run may take: the rest is left to
@@ -287,6 +378,14 @@ def check_resources(config: RunConfig) -> None:
             f"but this machine has {format_bytes(memory.available)} available ({memory.source}), "
             f"of which a run takes at most {MEMORY_SHARE:.0%}: at most {fit} fit"
         )
+    if config.total_clients > MAX_CLIENTS_PER_INSTANCE:
+        key, count = _largest_crowd(config)
+        raise ScenarioError(
+            f"{where}: {_named(config, key, count)}: {config.total_clients} clients are more "
+            f"than one process drives (at most {MAX_CLIENTS_PER_INSTANCE:,}: past that the "
+            "figures measure loadsim's event loop, not the pool, and a stop takes seconds); "
+            "run more instances instead (--instances: each its own process and clients)"
+        )
 
 
 def _largest_crowd(config: RunConfig) -> tuple[str, int]:
@@ -335,6 +434,27 @@ def _pick(flag: str | None, environment: str | None, default: str | None) -> tup
     if environment is not None:
         return environment, ENVIRONMENT
     return default, DEFAULT
+
+
+def _telemetry(
+    flag: object,
+    environment: Mapping[str, str],
+    key: str,
+    parse: Callable[[object], Any],
+    sources: dict[str, str],
+) -> Any:
+    """A live-metrics setting: flag > environment > off."""
+    variable = next(name for name, item in TELEMETRY_ENVIRONMENT.items() if item == key)
+    if flag is not None:
+        sources[key] = FLAG
+        return _parse_flag(parse, flag, key)
+    sources[key] = ENVIRONMENT if variable in environment else DEFAULT
+    if variable not in environment:
+        return None
+    try:
+        return parse(environment[variable])
+    except ValueError as error:
+        raise ScenarioError(f"environment variable {variable}: {error}") from None
 
 
 def _pool_from_environment(environment: Mapping[str, str]) -> dict[str, Any]:

@@ -1,10 +1,12 @@
 """`loadsim show`: a scenario's resolved configuration, as text for people.
 
 Every value `RunConfig` holds is printed, with where it came from: the pool's and the main
-workload's settings and the run's own (`sources`), then the monitor, the faults, an open
-workload's arrivals and every client group, key by key (`monitor.leak_threshold`,
-`groups.forgetful.hold`). Those last can only come from the scenario or the built-in
-defaults: a value equal to the default says `default`, any other `scenario`.
+workload's settings and the run's own (`sources`), then the monitor, the faults, the server
+settings of our sessions (`session.statement_timeout`), an open workload's arrivals and every
+client group, key by key (`monitor.leak_threshold`, `groups.forgetful.hold`). Those last can
+only come from the scenario or the built-in defaults: a value equal to the default says
+`default`, any other `scenario`; a session setting says `scenario` (its `[session]` table) or
+the `[faults]` key it comes from.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ from dataclasses import fields
 from typing import Any
 
 from loadsim.config.scenario import (
-    Arrivals,
     ClientGroup,
     Distribution,
     Faults,
@@ -40,6 +41,7 @@ _DURATIONS = frozenset(
         "terminate",
         "idle_session_timeout",
         "idle_in_transaction_session_timeout",
+        "deadline",
     }
 )
 
@@ -79,24 +81,26 @@ def _dataclass_rows(prefix: str, value: Any, default: Any | None) -> list[Row]:
     return rows
 
 
-def _arrivals_rows(arrivals: Arrivals | None) -> list[Row]:
+def _arrivals_rows(config: RunConfig) -> list[Row]:
+    """An open workload's arrivals. `--rate` sets the rate (and drops the stages), or makes
+    a closed scenario open with the default distribution and max_in_flight; a ramp-up is the
+    first stage, from 0 to the rate (settings.py records those sources)."""
+    arrivals, sources = config.arrivals, config.sources
     if arrivals is None:
         return [("arrivals", "- (closed workload)", DEFAULT)]
     rows: list[Row] = []
     for spec in fields(arrivals):
         if spec.name != "stages":
-            rows.append(
-                (
-                    f"arrivals.{spec.name}",
-                    _shown(spec.name, getattr(arrivals, spec.name)),
-                    _SCENARIO,
-                )
-            )
+            key = f"arrivals.{spec.name}"
+            shown = _shown(spec.name, getattr(arrivals, spec.name))
+            rows.append((key, shown, sources.get(key, _SCENARIO)))
     if not arrivals.stages:
-        rows.append(("arrivals.stages", "- (a constant rate)", DEFAULT))
+        dropped = sources.get("arrivals.rate") == "flag"  # --rate: a constant rate
+        rows.append(("arrivals.stages", "- (a constant rate)", "flag" if dropped else DEFAULT))
     for index, stage in enumerate(arrivals.stages):
+        key = f"arrivals.stages[{index}]"
         shown = f"duration {_duration(stage.duration)}, target {stage.target:g}/s"
-        rows.append((f"arrivals.stages[{index}]", shown, _SCENARIO))
+        rows.append((key, shown, sources.get(key, _SCENARIO)))
     return rows
 
 
@@ -111,6 +115,22 @@ def _group_rows(groups: tuple[ClientGroup, ...]) -> list[Row]:
             for key, shown, source in _dataclass_rows(f"groups.{group.name}.", group, default)
         )
     return rows
+
+
+def _session_rows(config: RunConfig) -> list[Row]:
+    """The server settings our sessions get, as they are sent (PostgreSQL's own units), each
+    from the `[session]` table or from a `[faults]` idle timeout."""
+    settings = config.session_settings
+    if not settings:
+        return [("session", "- (the server's own settings)", DEFAULT)]
+    return [
+        (
+            f"session.{name}",
+            value,
+            _SCENARIO if name in config.session else f"faults.{name}, in ms",
+        )
+        for name, value in settings.items()
+    ]
 
 
 def show_rows(config: RunConfig) -> list[Row]:
@@ -134,6 +154,12 @@ def show_rows(config: RunConfig) -> list[Row]:
         ("instances", _shown("instances", config.instances), sources.get("instances")),
         ("seed", _shown("seed", config.seed), sources.get("seed")),
         ("log_level", config.log_level, sources.get("log_level")),
+        ("metrics_port", _shown("metrics_port", config.metrics_port), sources.get("metrics_port")),
+        (
+            "otlp_endpoint",
+            _shown("otlp_endpoint", config.otlp_endpoint),
+            sources.get("otlp_endpoint"),
+        ),
         (
             "thresholds",
             ", ".join(threshold.expression for threshold in config.thresholds) or "-",
@@ -142,7 +168,8 @@ def show_rows(config: RunConfig) -> list[Row]:
     ]
     rows += _dataclass_rows("monitor.", config.monitor, MonitorSettings())
     rows += _dataclass_rows("faults.", config.faults, Faults())
-    rows += _arrivals_rows(config.arrivals)
+    rows += _session_rows(config)
+    rows += _arrivals_rows(config)
     rows += _group_rows(config.groups)
     return rows
 

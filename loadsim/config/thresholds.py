@@ -24,6 +24,9 @@ _OPERATORS: Mapping[str, Callable[[float, float], bool]] = {
     "<": operator.lt,
     ">": operator.gt,
 }
+#: Characters a threshold's number may have: beyond a float's 17 digits they mean nothing, and
+#: a number of thousands of digits is a slip, not a limit (and is repeated in every summary).
+MAX_LIMIT_CHARACTERS = 40
 _EXPRESSION = re.compile(r"^\s*([a-z0-9_]+)\s*(<=|>=|==|!=|<|>)\s*(-?\d+(?:\.\d*)?|-?\.\d+)\s*$")
 
 
@@ -53,19 +56,29 @@ def parse_threshold(text: object) -> Threshold:
     if match is None:
         raise ValueError(
             f"expected METRIC OP NUMBER such as 'wait_time_p95_ms < 100' (OP one of "
-            f"{', '.join(_OPERATORS)}), got {text!r}"
+            f"{', '.join(_OPERATORS)}), got {_cut(text)}"
         )
     metric, comparison, limit = match.groups()
     if metric not in METRICS:
         close = difflib.get_close_matches(metric, METRICS, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise ValueError(
-            f"unknown metric {metric!r} in threshold {text!r}{hint}; metrics: counts such as "
-            "timeouts, errors, leaks, checkouts_per_s, utilisation_max, and latencies "
+            f"unknown metric {_cut(metric)} in threshold {_cut(text)}{hint}; metrics: counts "
+            "such as timeouts, errors, leaks, checkouts_per_s, utilisation_max, and latencies "
             "wait_time_/use_time_/query_time_/create_time_ + mean, p50, p90, p95, p99, "
             "p99_9, max + _ms"
         )
+    if len(limit) > MAX_LIMIT_CHARACTERS:
+        raise ValueError(
+            f"the number in threshold '{metric} {comparison} ...' has {len(limit)} characters: "
+            f"at most {MAX_LIMIT_CHARACTERS} (a float holds 17 digits)"
+        )
     return Threshold(" ".join((metric, comparison, limit)), metric, comparison, float(limit))
+
+
+def _cut(text: str, limit: int = 60) -> str:
+    """A threshold as an error repeats it: cut short when it is long."""
+    return repr(text) if len(text) <= limit else f"{text[:limit]!r}... ({len(text)} characters)"
 
 
 def metric_value(summary: Mapping[str, Any], metric: str) -> float | None:

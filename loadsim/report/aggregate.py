@@ -62,6 +62,14 @@ MONITOR_COLUMNS: tuple[str, ...] = (
     "pending_requests",
     "instance",
 )
+#: Columns of memory rows: the snapshots that measured memory (MiB; NaN: not measured).
+MEMORY_COLUMNS: tuple[str, ...] = (
+    "t",
+    "server_memory_mb",
+    "server_memory_per_connection_mb",
+    "client_memory_mb",
+    "instance",
+)
 #: The latency figures in monitor rows (the wait_* and use_* columns), as the schema names them.
 _PERCENTILE_KEYS = (*(percentile_key(p) for p in (50, 95, 99)), STAT_MAX)
 
@@ -152,6 +160,10 @@ class ScenarioData:
     pool: PeakSeries = field(default_factory=PeakSeries)
     monitor: Sampled = field(
         default_factory=lambda: Sampled("d" * len(MONITOR_COLUMNS), MAX_MONITOR_ROWS)
+    )
+    #: memory at each snapshot that measured it (MEMORY_COLUMNS)
+    memory: Sampled = field(
+        default_factory=lambda: Sampled("d" * len(MEMORY_COLUMNS), MAX_MONITOR_ROWS)
     )
     timeouts: Sampled = field(default_factory=lambda: Sampled("d", MAX_INSTANTS))
     errors: Sampled = field(default_factory=lambda: Sampled("d", MAX_INSTANTS))
@@ -292,6 +304,7 @@ class Folder:
             "monitor.alert": self._alert,
             "fault.restart": self._fault,
             "fault.terminate": self._fault,
+            "fault.restarted": self._fault_over,
             "run.end": self._end,
             "run.summary": self._fleet,
             "run.warning": self._warning,
@@ -582,6 +595,12 @@ class Folder:
             _number(event.get("pending_requests")),
             float(event.get("instance") or 0),
         )
+        if any(key in event for key in MEMORY_COLUMNS[1:-1]):
+            data.memory.append(
+                t,
+                *(_number(event.get(key)) for key in MEMORY_COLUMNS[1:-1]),
+                float(event.get("instance") or 0),
+            )
 
     @staticmethod
     def _snapshot_pending(data: ScenarioData, event: Event, t: float) -> None:
@@ -617,6 +636,13 @@ class Folder:
         end = start + float(downtime) / 1000 if isinstance(downtime, int | float) else start
         label = str(event.get("method") or kind)
         data.faults.append(Fault(start, max(end, start), kind, label))
+
+    def _fault_over(self, data: ScenarioData, event: Event, t: float) -> None:
+        """A restart's end (schema 4 on): its band runs from when it began to here."""
+        for fault in reversed(data.faults):
+            if fault.kind == "restart":
+                fault.end_t = max(fault.end_t, t)
+                return
 
     def _end(self, data: ScenarioData, event: Event, t: float) -> None:
         instance = event.get("instance") or 0

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from loadsim.errors import ScenarioError
 from loadsim.report.aggregate import LogData, ScenarioData, read_logs
 from loadsim.report.reader import LogSource, Note
+from loadsim.report.sizing import is_size_log
 
 if TYPE_CHECKING:  # matplotlib is imported only once the logs have been read
     from loadsim.report.charts import Chart
@@ -32,10 +33,16 @@ class Report:
     runs: list[RunFigures] = field(default_factory=list)
     table: str = ""
     notes: list[str] = field(default_factory=list)
+    #: A `loadsim size` log: its sweep's charts (and no scenarios).
+    sweep: list[Chart] = field(default_factory=list)
 
     @property
     def charts(self) -> list[Chart]:
-        return [chart for _, charts in self.scenarios for chart in charts] + self.comparison
+        return (
+            [chart for _, charts in self.scenarios for chart in charts]
+            + self.comparison
+            + (self.sweep)
+        )
 
 
 def default_out_dir(sources: Sequence[str], suffix: str) -> Path:
@@ -46,13 +53,16 @@ def default_out_dir(sources: Sequence[str], suffix: str) -> Path:
 
 def scenario_charts(data: ScenarioData, prefix: str) -> list[Chart]:
     from loadsim.report.charts import distribution_chart, latency_chart, pool_chart, timeline_chart
+    from loadsim.report.memory_chart import memory_chart
 
-    return [
+    charts = [
         timeline_chart(data, prefix),
         pool_chart(data, prefix),
         distribution_chart(data, prefix),
         latency_chart(data, prefix),
     ]
+    memory = memory_chart(data, prefix)  # only when the log has the figures
+    return charts if memory is None else [*charts, memory]
 
 
 def build_report(
@@ -61,6 +71,8 @@ def build_report(
     """Charts for every scenario of every log, a comparison when there are several, and the
     page that shows them all."""
     names = [str(source) for source in sources]
+    if len(names) == 1 and is_size_log(LogSource.of(names[0])):
+        return _size_report(names[0], out_dir, note)
     logs, scenarios, notes = _read(names, note)
     from loadsim.report.charts import slug
     from loadsim.report.compare import (
@@ -128,6 +140,24 @@ def build_comparison(
     )
     report = Report(out, out / "index.html", logs, [], comparison, runs, table(runs), notes)
     _write(out, comparison, text)
+    return report
+
+
+def _size_report(name: str, out_dir: Path | None, note: Note | None) -> Report:
+    """A `loadsim size` log: the sweep's curves and its recommendation."""
+    from loadsim.report.sizing import build_size_report
+
+    out = out_dir if out_dir is not None else default_out_dir([name], "report")
+    notes: list[str] = []
+
+    def noted(message: str) -> None:
+        notes.append(message)
+        if note is not None:
+            note(message)
+
+    _, charts, text = build_size_report(LogSource.of(name), out, noted)
+    report = Report(out, out / "index.html", [], [], notes=notes, sweep=charts)
+    _write(out, charts, text)
     return report
 
 

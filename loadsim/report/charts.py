@@ -24,10 +24,11 @@ import numpy.typing as npt
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.collections import PolyCollection
-from matplotlib.colors import to_rgba_array
+from matplotlib.colors import to_hex, to_rgba_array
 from matplotlib.figure import Figure, SubFigure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
+from matplotlib.text import Annotation, Text
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 from matplotlib.typing import RcKeyType
 
@@ -47,6 +48,10 @@ MAX_LANES = 80
 MAX_BARS_DRAWN = 20_000
 #: Up to this many clients (or connections), a bar each; past it, a ranked profile.
 MAX_BARS_PER_ITEM = 60
+#: The narrowest a checkout's bar is drawn, in pixels, and about how much of the figure's
+#: width the timeline's axes take (the rest: its labels and legend).
+MIN_BAR_PX = 2
+PLOT_WIDTH_SHARE = 0.6
 #: Clients named one by one in the timeline's legend, at most.
 MAX_CLIENTS_IN_LEGEND = 12
 
@@ -243,8 +248,18 @@ def timeline_chart(data: ScenarioData, name_prefix: str) -> Chart:
             )
             gap *= 2
     n_bars = len(starts)
+    # a checkout shorter than a pixel or two would be drawn as nothing but its white edge:
+    # every bar is drawn at least MIN_BAR_PX wide (and the note says so)
+    shortest = max(end, 1e-3) * 1.01 / (PLOT_WIDTH_SHARE * WIDTH_IN * DPI) * MIN_BAR_PX
+    widened = int(((ends - starts) < shortest).sum())
+    drawn_ends = np.maximum(ends, starts + shortest)
 
     notes: list[str] = []
+    if widened:
+        notes.append(
+            f"{count(widened, 'bar')} shorter than {shortest * 1000:.2g} ms (about "
+            f"{MIN_BAR_PX} pixels) drawn that wide, to be seen."
+        )
     if packed:
         notes.append(
             f"{n_lanes:,} connections in {n_rows:,} rows: connections whose lifetimes never "
@@ -310,11 +325,12 @@ def timeline_chart(data: ScenarioData, name_prefix: str) -> Chart:
         if n_bars:
             y = bar_rows.astype(np.float64)
             half = 0.36
+
             verts = np.empty((n_bars, 4, 2), dtype=np.float64)
             verts[:, 0, 0] = starts
             verts[:, 1, 0] = starts
-            verts[:, 2, 0] = ends
-            verts[:, 3, 0] = ends
+            verts[:, 2, 0] = drawn_ends
+            verts[:, 3, 0] = drawn_ends
             verts[:, 0, 1] = y - half
             verts[:, 1, 1] = y + half
             verts[:, 2, 1] = y + half
@@ -337,7 +353,9 @@ def timeline_chart(data: ScenarioData, name_prefix: str) -> Chart:
                 )
             if several.mean() > 0.5:
                 pass  # mostly merged: client colours are rare, not worth a legend
-            elif len(distinct) <= MAX_CLIENTS_IN_LEGEND:
+            elif len(distinct) <= min(MAX_CLIENTS_IN_LEGEND, palette.client_palette_size()):
+                # (named one by one only while no two share a colour: client 0 and client 9
+                # listed in the same teal could not be told apart)
                 legend.extend(
                     Patch(
                         color=palette.client_colour(int(c)),
@@ -380,6 +398,19 @@ def timeline_chart(data: ScenarioData, name_prefix: str) -> Chart:
         if legend:
             ax.legend(handles=legend, loc="upper left", bbox_to_anchor=(1.005, 1.0))
         png = render(fig)
+        texts = drawn_texts(fig)
+        to_px = ax.transData.transform
+        narrowest_px = (
+            float(
+                np.min(
+                    to_px(np.column_stack([drawn_ends, np.zeros(n_bars)]))[:, 0]
+                    - to_px(np.column_stack([starts, np.zeros(n_bars)]))[:, 0]
+                )
+            )
+            if n_bars
+            else None
+        )
+        legend_labels = [(str(handle.get_label()), _handle_colour(handle)) for handle in legend]
     extent = (float(starts.min()), float(ends.max())) if n_bars else (0.0, 0.0)
     return Chart(
         name=f"{name_prefix}timeline.png",
@@ -404,10 +435,22 @@ def timeline_chart(data: ScenarioData, name_prefix: str) -> Chart:
             "extent": extent,
             "xlim": (0.0, end),
             "marks": marks_drawn,
+            "bars_widened": widened,
+            "narrowest_bar_px": narrowest_px,
+            "legend": legend_labels,  # (label, colour) of each legend entry
+            "texts": texts,
             "faults": [fault.t for fault in data.faults],
             "clients": sorted({int(c) for c in np.unique(bar_clients) if c != SEVERAL_CLIENTS}),
         },
     )
+
+
+def _handle_colour(handle: Any) -> str:
+    """The colour a legend entry shows, as #rrggbb."""
+    if isinstance(handle, Line2D):
+        colour = handle.get_markerfacecolor()
+        return to_hex(colour if colour not in (None, "none") else handle.get_color())
+    return to_hex(handle.get_facecolor())
 
 
 def _draw_marks(
@@ -575,16 +618,33 @@ def pool_chart(data: ScenarioData, name_prefix: str) -> Chart:
     # overflow on its own axes: drawn with the connections, it lies on the pool_size line
     # whenever the pool is full (its value is then exactly pool_size - 0 ... max_overflow)
     can_overflow = queue_pool and isinstance(max_overflow, int) and max_overflow != 0
-    with figure(10.3 if can_overflow else 9.0, title, notes) as fig:
-        if can_overflow:
-            top, over, middle, bottom = fig.subplots(
-                4, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1.3, 1.6, 1.3]}
+    overflowed = bool(overflow.max(initial=0))
+    if can_overflow and not overflowed:  # a panel with nothing in it: a note instead
+        notes.append(
+            "No overflow: the pool never opened more than pool_size "
+            f"(max_overflow = {max_overflow} was not needed)."
+        )
+    has_utilisation = bool(len(monitor_t)) and not np.isnan(utilisation).all()
+    if not has_utilisation:
+        notes.append(
+            "No utilisation panel: "
+            + (
+                "NullPool has no limit to be a share of."
+                if not queue_pool
+                else "no monitor.stats snapshots in this log."
             )
-        else:
-            top, middle, bottom = fig.subplots(
-                3, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1.6, 1.3]}
-            )
-            over = None
+            + (" Monitor alerts are marked on the connections." if data.alerts else "")
+        )
+    ratios = [3.0, *([1.3] if overflowed else []), 1.6, *([1.3] if has_utilisation else [])]
+    with figure(4.3 + 1.6 * len(ratios), title, notes) as fig:
+        axes = list(
+            fig.subplots(len(ratios), 1, sharex=True, gridspec_kw={"height_ratios": ratios})
+        )
+        top = axes.pop(0)
+        over = axes.pop(0) if overflowed else None
+        middle = axes.pop(0)
+        bottom = axes.pop(0) if has_utilisation else None
+        alerts_on = bottom if bottom is not None else top
         handles: list[Any] = []
         if len(times):
             top.fill_between(
@@ -630,14 +690,17 @@ def pool_chart(data: ScenarioData, name_prefix: str) -> Chart:
                 color=palette.KIND["limit"],
                 linestyle="--",
                 linewidth=1.2,
-                label=f"pool_size{times_n} = {pool_size * instances}",
+                zorder=3,
+                label=f"pool_size{times_n} = {pool_size * instances}"
+                + (" = max (max_overflow = 0)" if limit == pool_size else ""),
             )
-        if limit is not None:
+        if limit is not None and limit != pool_size:  # one line when they are one value
             top.axhline(
                 limit * instances,
                 color=palette.KIND["limit"],
                 linestyle=":",
                 linewidth=1.4,
+                zorder=3,
                 label=f"max = (pool_size + max_overflow){times_n} = {limit * instances}",
             )
         if len(server_t) and not np.isnan(server).all():
@@ -675,13 +738,12 @@ def pool_chart(data: ScenarioData, name_prefix: str) -> Chart:
                 + (f" (at most max_overflow{times_n} = {most})" if most else "")
             )
             over.set_ylim(0, max(most or 0, int(overflow.max(initial=0)), 1) * 1.15)
-            over.yaxis.set_major_locator(MaxNLocator(integer=True))
-            if not overflow.max(initial=0):
-                empty_message(over, "no overflow: the pool never opened more than pool_size")
+        timeout_marks = _coinciding(timeouts, end / 120)  # about 7 pixels
+        count_labels: list[Text] = []
         if len(timeouts):
             middle.scatter(
-                timeouts,
-                np.zeros(len(timeouts)),
+                [t for t, _ in timeout_marks],
+                np.zeros(len(timeout_marks)),
                 marker="x",
                 s=30,
                 color=palette.KIND["timeout"],
@@ -689,6 +751,22 @@ def pool_chart(data: ScenarioData, name_prefix: str) -> Chart:
                 zorder=5,
                 label=f"client timeout ({data.timeouts.seen:,})",
             )
+            for t_mark, number in timeout_marks:  # five at one instant are one cross
+                if number > 1:
+                    label = middle.annotate(
+                        f"\u00d7{number}",
+                        (t_mark, 0),
+                        xytext=(5, 4),
+                        textcoords="offset points",
+                        fontsize=8,
+                        fontweight="bold",
+                        color=palette.KIND["timeout"],
+                        annotation_clip=False,
+                        bbox={"facecolor": "white", "alpha": 0.9, "linewidth": 0, "pad": 1},
+                        zorder=6,
+                    )
+                    label.set_in_layout(False)
+                    count_labels.append(label)
         if len(errors):
             middle.scatter(
                 errors,
@@ -704,10 +782,8 @@ def pool_chart(data: ScenarioData, name_prefix: str) -> Chart:
         middle.set_ylabel("clients")
         middle.set_title("Clients waiting for a connection (pending requests)")
         middle.set_ylim(bottom=0)
-        if len(monitor_t) and not np.isnan(utilisation).all():
-            monitor = data.start.get("monitor")
-            interval = monitor.get("interval") if isinstance(monitor, dict) else None
-            interval = float(interval) if isinstance(interval, int | float) else 1.0
+        if bottom is not None:
+            interval = monitor_interval(data)
             for index, (instance, mask) in enumerate(per_instance(data)):
                 # each value is the mean over the window that ends at its snapshot
                 window_t, window_u = monitor_t[mask], utilisation[mask]
@@ -723,30 +799,14 @@ def pool_chart(data: ScenarioData, name_prefix: str) -> Chart:
                     else "utilisation (time-weighted, per snapshot)",
                 )
             bottom.set_ylim(min(0.0, float(np.nanmin(utilisation)) * 1.1), 105)
-        else:
-            empty_message(
-                bottom,
-                "no utilisation: NullPool has no limit"
-                if not queue_pool
-                else "no monitor.stats snapshots in this log",
-            )
-        for t_alert, kind in data.alerts:
-            bottom.axvline(t_alert, color=palette.KIND["alert"], linewidth=2, alpha=0.9)
-            bottom.annotate(
-                kind.replace("_", " "),
-                (t_alert, 0.03),
-                xycoords=("data", "axes fraction"),
-                xytext=(3, 0),
-                textcoords="offset points",
-                fontsize=8,
-                color=palette.KIND["alert"],
-            )
-        if data.alerts:
-            bottom.plot([], [], color=palette.KIND["alert"], linewidth=2, label="monitor alert")
-        bottom.set_ylabel("% of max in use")
-        bottom.set_title("Pool utilisation: connections in use / (pool_size + max_overflow)")
-        bottom.set_xlabel("time since the scenario started (s)")
+            bottom.set_ylabel("% of max in use")
+            bottom.set_title("Pool utilisation: connections in use / (pool_size + max_overflow)")
+        alert_labels = _draw_alerts(alerts_on, data)
         panels = [ax for ax in (top, over, middle, bottom) if ax is not None]
+        panels[-1].set_xlabel("time since the scenario started (s)")
+        for ax in (top, over, middle):  # counts of connections and clients: whole numbers
+            if ax is not None:
+                ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         drawn_in: dict[str, list[str]] = {}
         for ax in panels:
             if shade_faults(ax, data, label=ax is top):
@@ -758,7 +818,12 @@ def pool_chart(data: ScenarioData, name_prefix: str) -> Chart:
                 ax.legend(
                     handles=ax_handles + handles, loc="upper left", bbox_to_anchor=(1.005, 1.0)
                 )
+        _spread_labels(fig, [*alert_labels, *count_labels])
         png = render(fig)
+        texts = drawn_texts(fig)
+        ticks = count_ticks(
+            {ax.get_title(loc="left"): ax for ax in (top, over, middle) if ax is not None}
+        )
     return Chart(
         name=f"{name_prefix}pool.png",
         title="The pool over time",
@@ -767,7 +832,8 @@ def pool_chart(data: ScenarioData, name_prefix: str) -> Chart:
             "the most the pool may open (dotted); under them, on their own axis, overflow "
             "connections beyond pool_size (orange); then clients waiting for a connection "
             "(purple) with timeouts (red crosses), and the pool's utilisation per monitor "
-            "snapshot, with monitor alerts (dark gold)."
+            "snapshot, with monitor alerts (dark gold). A panel with nothing to show (no "
+            "overflow; NullPool's utilisation) is left out, and a note says so."
         ),
         png=png,
         data={
@@ -789,8 +855,123 @@ def pool_chart(data: ScenarioData, name_prefix: str) -> Chart:
             "monitor_snapshots": len(monitor_t),
             "timeouts": int(data.timeouts.seen),
             "errors": int(data.errors.seen),
+            "texts": texts,
+            "count_ticks": ticks,
+            "timeout_marks": timeout_marks,  # (time, timeouts drawn as that one cross)
         },
     )
+
+
+def _coinciding(times: Floats, within: float) -> list[tuple[float, int]]:
+    """Times that lie closer than `within` to the first of their group, as (that time, how
+    many): marks a chart draws on one another, counted."""
+    groups: list[tuple[float, int]] = []
+    for t in np.sort(times):
+        if groups and t - groups[-1][0] < within:
+            groups[-1] = (groups[-1][0], groups[-1][1] + 1)
+        else:
+            groups.append((float(t), 1))
+    return groups
+
+
+def monitor_interval(data: ScenarioData) -> float:
+    """Seconds between two `monitor.stats` snapshots, as the run was configured (1 s when the
+    log does not say)."""
+    monitor = data.start.get("monitor")
+    interval = monitor.get("interval") if isinstance(monitor, dict) else None
+    return float(interval) if isinstance(interval, int | float) and interval > 0 else 1.0
+
+
+def snapshot_phrase(data: ScenarioData) -> str:
+    """ "one-second snapshot", or the run's own interval."""
+    interval = monitor_interval(data)
+    return "one-second snapshot" if interval == 1 else f"{interval:g} s snapshot"
+
+
+def _draw_alerts(ax: Axes, data: ScenarioData) -> list[Text]:
+    """Each monitor alert as a dark gold line with its kind written beside it."""
+    labels: list[Text] = []
+    for t_alert, kind in data.alerts:
+        ax.axvline(t_alert, color=palette.KIND["alert"], linewidth=2, alpha=0.9, zorder=4)
+        label = ax.annotate(
+            kind.replace("_", " "),
+            (t_alert, 0.03),
+            xycoords=("data", "axes fraction"),
+            xytext=(3, 0),
+            textcoords="offset points",
+            fontsize=8,
+            color=palette.KIND["alert"],
+            bbox={"facecolor": "white", "alpha": 0.8, "linewidth": 0, "pad": 1},
+        )
+        label.set_in_layout(False)
+        labels.append(label)
+    if data.alerts:
+        ax.plot([], [], color=palette.KIND["alert"], linewidth=2, label="monitor alert")
+    return labels
+
+
+def _spread_labels(fig: SubFigure, labels: Sequence[Text]) -> None:
+    """Keeps labels written beside a line readable, measured on the laid-out figure: one that
+    would pass its axes' right edge is written on the line's left instead, and one that
+    would lie on an earlier one is moved up a line (alerts at about the same time)."""
+    if not labels:
+        return
+    fig.figure.draw_without_rendering()
+    renderer = fig.figure.canvas.get_renderer()  # type: ignore[attr-defined]
+    placed: list[Any] = []
+    for label in labels:
+        assert isinstance(label, Annotation)
+        axes = label.axes
+        box = label.get_window_extent(renderer)
+        if axes is not None and box.x1 > axes.get_window_extent(renderer).x1:
+            x, y = label.get_position()
+            label.set_position((-abs(x), y))
+            label.set_horizontalalignment("right")
+        for _ in range(len(placed) + 1):
+            box = label.get_window_extent(renderer)
+            if not any(box.overlaps(other) for other in placed):
+                break
+            x, y = label.get_position()
+            label.set_position((x, y + box.height + 1))
+        placed.append(label.get_window_extent(renderer))
+
+
+def drawn_texts(fig: SubFigure) -> list[tuple[str, tuple[float, float, float, float]]]:
+    """Every visible, non-empty text of the figure as drawn (after `render`): its string and
+    its extent on the canvas in pixels, (x0, y0, x1, y1). For tests: no text may lie on
+    another, nor outside the figure."""
+    renderer = fig.figure.canvas.get_renderer()  # type: ignore[attr-defined]
+    # a tick's label is drawn only when the tick is within the axis' view
+    ticks: dict[int, bool] = {}
+    for ax in fig.figure.get_axes():
+        for axis in (ax.xaxis, ax.yaxis):
+            low, high = sorted(axis.get_view_interval())
+            span = (high - low) * 1e-9
+            for tick in [*axis.get_major_ticks(), *axis.get_minor_ticks()]:
+                location = tick.get_loc()
+                shown = location is not None and low - span <= location <= high + span
+                ticks[id(tick.label1)] = ticks[id(tick.label2)] = shown and ax.get_visible()
+    found = []
+    for text in fig.figure.findobj(Text):
+        if not isinstance(text, Text) or not text.get_visible() or not text.get_text().strip():
+            continue
+        if not ticks.get(id(text), True) or (text.axes is not None and not text.axes.get_visible()):
+            continue
+        found.append((text.get_text(), _box(text.get_window_extent(renderer))))
+    return found
+
+
+def _box(box: Any) -> tuple[float, float, float, float]:
+    return (float(box.x0), float(box.y0), float(box.x1), float(box.y1))
+
+
+def count_ticks(axes: dict[str, Axes]) -> dict[str, list[float]]:
+    """The y ticks shown on axes that count things (connections, clients, checkouts)."""
+    found = {}
+    for title, ax in axes.items():
+        low, high = ax.get_ylim()
+        found[title] = [float(t) for t in ax.get_yticks() if low <= t <= high]
+    return found
 
 
 def _seconds(value: float) -> str:
@@ -827,6 +1008,9 @@ def distribution_chart(data: ScenarioData, name_prefix: str) -> Chart:
             f"(1 = perfectly even); {summary_per_client.get('starved_share', 0):.0%} of "
             "clients starved."
         )
+    jumps = queue_jumps(data.summary or {})
+    if jumps is not None:
+        notes.append(jumps_note(*jumps))
     title = f"{data.label}: how the work was shared"
     with figure(11.0, title, notes) as fig:
         ax_clients, ax_conns, ax_wait = fig.subplots(3, 1)
@@ -843,7 +1027,7 @@ def distribution_chart(data: ScenarioData, name_prefix: str) -> Chart:
         ax_clients.set_title(
             "Checkouts per client" + (" (and timeouts)" if any(timeouts.values()) else "")
         )
-        ax_clients.set_ylabel("checkouts")
+        ax_clients.set_ylabel("checkouts" + (" and timeouts" if any(timeouts.values()) else ""))
         _per_item(
             ax_conns,
             conns or range(len(lanes)),
@@ -865,6 +1049,8 @@ def distribution_chart(data: ScenarioData, name_prefix: str) -> Chart:
         ax_wait.set_title("Wait for a connection per client: mean (bar) and longest (dot)")
         ax_wait.set_ylabel("wait (ms)")
         png = render(fig)
+        texts = drawn_texts(fig)
+        ticks = count_ticks({ax.get_title(loc="left"): ax for ax in (ax_clients, ax_conns)})
     return Chart(
         name=f"{name_prefix}distribution.png",
         title="How the work was shared",
@@ -886,7 +1072,30 @@ def distribution_chart(data: ScenarioData, name_prefix: str) -> Chart:
             "wait_mean_ms_per_client": {c: waits[c] for c in with_waits},
             "clients_ranked": ranked_clients,
             "connections_ranked": len(lanes) > MAX_BARS_PER_ITEM,
+            "queue_jumps": jumps[0] if jumps is not None else None,
+            "queue_jump_share": jumps[2] if jumps is not None else None,
+            "texts": texts,
+            "count_ticks": ticks,
         },
+    )
+
+
+def queue_jumps(summary: dict[str, Any]) -> tuple[int, int, float] | None:
+    """(queue jumps, checkouts, their share) from a summary that counts them (logs before
+    issue 13 do not), with at least one checkout; else None."""
+    jumps, checkouts = summary.get("queue_jumps"), summary.get("checkouts")
+    if not isinstance(jumps, int) or not isinstance(checkouts, int) or checkouts <= 0:
+        return None
+    return jumps, checkouts, round(jumps / checkouts, 4)
+
+
+def jumps_note(jumps: int, checkouts: int, share: float) -> str:
+    if not jumps:
+        return "Queue jumps: none; no client was served while one that asked earlier still waited."
+    return (
+        f"Queue jumps: {jumps:,} of {checkouts:,} checkouts ({share:.0%}) were granted while a "
+        "client that asked earlier was still waiting: the async pool is not first-come "
+        "first-served."
     )
 
 
@@ -905,6 +1114,8 @@ def _per_item(
     if not items:
         empty_message(ax, f"no {noun}s in this log")
         return
+    if peaks is None:  # counts of checkouts: whole numbers
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     if len(items) > MAX_BARS_PER_ITEM:
         order = np.argsort(-floats(values), kind="stable")
         ranked = floats(values)[order]
@@ -928,9 +1139,12 @@ def _per_item(
                 ha="right",
                 va="top",
                 fontsize=9,
+                bbox={"facecolor": "white", "alpha": 0.85, "linewidth": 0, "pad": 2},
             )
+        ax.set_ylim(bottom=0)  # a profile of counts or waits: from zero, as bars are
         return
     x = np.arange(len(items))
+    ax.grid(axis="x", visible=False)  # a grid line through every bar's middle
     ax.bar(x, values, color=colours, edgecolor="#333333", linewidth=0.4)
     if stacked is not None and any(stacked):
         ax.bar(
@@ -1012,7 +1226,7 @@ def latency_chart(data: ScenarioData, name_prefix: str) -> Chart:
             over_time[kind] = drawn
             if not drawn:
                 empty_message(ax, "no monitor.stats percentiles in this log")
-            ax.set_title(f"{noun}, per one-second snapshot")
+            ax.set_title(f"{noun}, per {snapshot_phrase(data)}")
             ax.set_ylabel("milliseconds")
             ax.set_xlabel("time since the scenario started (s)")
             linear = ax.get_yscale() == "linear"
@@ -1025,6 +1239,8 @@ def latency_chart(data: ScenarioData, name_prefix: str) -> Chart:
                 ax.legend(loc="upper left", ncols=4)
         counts: dict[str, int] = {}
         distributions: dict[str, dict[str, Any]] = {}
+        percentile_labels: list[Text] = []
+        labels_of: dict[str, tuple[Axes, list[Text]]] = {}
         for ax, histogram, colour, noun, key in (
             (
                 hist_axes[0],
@@ -1042,19 +1258,38 @@ def latency_chart(data: ScenarioData, name_prefix: str) -> Chart:
                 "create_time_ms",
             ),
         ):
-            drawn_as = _histogram(ax, histogram, colour, summary.get(key))
+            first_label = len(percentile_labels)
+            drawn_as = _histogram(ax, histogram, colour, summary.get(key), percentile_labels)
+            labels_of[key] = (ax, percentile_labels[first_label:])
             counts[key] = drawn_as["samples"]
             distributions[key] = drawn_as
             ax.set_title(f"{noun}: {count(histogram.count, 'sample')}", fontsize=10)
             ax.set_ylabel("count")
+        _spread_labels(fig, percentile_labels)
         png = render(fig)
+        texts = drawn_texts(fig)
+        renderer = fig.figure.canvas.get_renderer()  # type: ignore[attr-defined]
+        for key, (ax, labels) in labels_of.items():
+            axes_box = ax.get_window_extent(renderer)
+            distributions[key]["labels"] = [
+                (
+                    label.get_text(),
+                    _box(label.get_window_extent(renderer)),
+                    (axes_box.x0, axes_box.x1),
+                )
+                for label in labels
+            ]
+            distributions[key]["labels_left"] = sum(
+                label.get_horizontalalignment() == "right" for label in labels
+            )
     return Chart(
         name=f"{name_prefix}latency.png",
         title="Latency",
         caption=(
             "Top: percentiles of the wait for a connection and of the use time (checkout to "
-            "return), from the monitor's one-second snapshots. Bottom: the distributions over "
-            "the whole run, on a logarithmic scale, with p50, p95 and p99 marked."
+            "return), from the monitor's snapshots (one a second unless the run set another "
+            "interval). Bottom: the distributions over the whole run, on a logarithmic scale "
+            "(linear when they are narrow), with p50, p95 and p99 marked."
         ),
         png=png,
         data={
@@ -1064,6 +1299,7 @@ def latency_chart(data: ScenarioData, name_prefix: str) -> Chart:
             "points_over_time": over_time,
             "samples": counts,
             "distributions": distributions,  # how each was drawn: scale, bars, ticks
+            "texts": texts,
         },
     )
 
@@ -1110,8 +1346,11 @@ def histogram_bins(histogram: LogHistogram) -> tuple[str, Floats, Floats, Floats
     return scale, edges[:-1][keep], edges[1:][keep], floats(binned[keep])
 
 
-def _histogram(ax: Axes, histogram: LogHistogram, colour: str, summary: Any) -> dict[str, Any]:
-    """Draws a distribution; returns how (scale, bars, the ticks inside the data's range)."""
+def _histogram(
+    ax: Axes, histogram: LogHistogram, colour: str, summary: Any, labels: list[Text]
+) -> dict[str, Any]:
+    """Draws a distribution; returns how (scale, bars, the ticks inside the data's range).
+    The labels of its percentiles are added to `labels` (for `_spread_labels`)."""
     if not histogram.count:
         empty_message(ax, "no samples")
         return {"samples": 0, "scale": None, "bars": 0, "ticks": []}
@@ -1147,8 +1386,8 @@ def _histogram(ax: Axes, histogram: LogHistogram, colour: str, summary: Any) -> 
     for (label, value), style in zip(marks.items(), ("-", "--", ":"), strict=True):
         if isinstance(value, int | float) and value > 0 and math.isfinite(value):
             ax.axvline(value, color="black", linestyle=style, linewidth=1.0)
-            ax.annotate(
-                f"{label} {value:,.3g} ms",
+            annotation = ax.annotate(
+                f"{label} {_ms(value)} ms",
                 (value, 1.0),
                 xycoords=("data", "axes fraction"),
                 xytext=(2, -2 - 11 * ("p50", "p95", "p99").index(label)),
@@ -1157,7 +1396,9 @@ def _histogram(ax: Axes, histogram: LogHistogram, colour: str, summary: Any) -> 
                 va="top",
                 bbox={"facecolor": "white", "alpha": 0.8, "linewidth": 0, "pad": 1},
                 annotation_clip=True,
-            ).set_in_layout(False)
+            )
+            annotation.set_in_layout(False)
+            labels.append(annotation)
     low, high = ax.get_xlim()
     return {
         "samples": histogram.count,
@@ -1165,6 +1406,11 @@ def _histogram(ax: Axes, histogram: LogHistogram, colour: str, summary: Any) -> 
         "bars": len(values),
         "ticks": [float(t) for t in ax.get_xticks() if low <= t <= high],
     }
+
+
+def _ms(value: float) -> str:
+    """Milliseconds in a label: three significant digits, whole from 100 ms (never 3.01e+03)."""
+    return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
 
 
 def _ms_tick(value: float, _position: int | None) -> str:

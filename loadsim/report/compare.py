@@ -25,6 +25,7 @@ from loadsim.report.aggregate import ScenarioData
 from loadsim.report.charts import (
     WIDTH_IN,
     Chart,
+    drawn_texts,
     empty_message,
     figure,
     monitor_column,
@@ -224,7 +225,8 @@ def _tick_label(label: str, width: int) -> str:
     """A run's name on the x axis, wrapped to `width` characters (the log's name, in
     parentheses, on a line of its own)."""
     scenario, _, rest = label.partition(" (")
-    lines = textwrap.wrap(scenario, width) or [scenario]
+    # (never inside a word: "long-transactions" was cut into "long-trans" and "actions")
+    lines = textwrap.wrap(scenario, width, break_long_words=False) or [scenario]
     if rest:
         lines.append("(" + rest)
     return "\n".join(lines)
@@ -331,7 +333,9 @@ def comparison_chart(runs: Sequence[RunFigures], name: str = "comparison.png") -
                 "bars": _boxes(bar_patches[ax], renderer),
                 "legend": _boxes([legend], renderer)[0] if legend is not None else None,
                 "ticks": _boxes(ax.get_xticklabels(), renderer),
+                "tick_texts": [t.get_text() for t in ax.get_xticklabels()],
             }
+        data["texts"] = drawn_texts(fig)
     data["panels"] = panels
     data["omitted"] = omitted
     return Chart(
@@ -417,7 +421,7 @@ def comparison_over_time_chart(
             points[run.label] = len(t)
         if not any(points.values()):
             empty_message(ax_rate, "no monitor.stats snapshots in these logs")
-        ax_rate.set_title("Throughput per one-second snapshot")
+        ax_rate.set_title("Throughput per monitor snapshot")
         ax_rate.set_ylabel("checkouts per second")
         ax_rate.set_ylim(bottom=0)
         ax_wait.set_title("Wait for a connection, p95 per snapshot")
@@ -428,15 +432,17 @@ def comparison_over_time_chart(
         if any(points.values()):
             ax_rate.legend(loc="upper left", bbox_to_anchor=(1.005, 1.0))
         png = render(fig)
+        texts = drawn_texts(fig)
     return Chart(
         name=name,
         title="Over time",
         caption=(
             "Throughput and the 95th percentile of the wait for a connection in each "
-            "one-second snapshot, one line per run, each from its own start."
+            "monitor snapshot (one a second by default), one line per run, each from its "
+            "own start."
         ),
         png=png,
-        data={"labels": [run.label for run in runs], "points": points},
+        data={"labels": [run.label for run in runs], "points": points, "texts": texts},
     )
 
 

@@ -33,6 +33,8 @@ KIND: Final[dict[str, str]] = {
     "limit": "#000000",  # pool_size and pool_size + max_overflow lines
     "utilisation": "#1f77b4",
     "server": "#737373",  # the server's own count of our sessions
+    "memory": "#7f3b08",  # our backends' memory on the server (Pss)
+    "client_memory": "#4d4d4d",  # loadsim's own memory
 }
 
 #: The colours that mean one thing in every chart, whatever else is drawn: no client or run

@@ -146,7 +146,10 @@ class PeakSeries:
 
     def peaks(self) -> tuple[list[float], list[list[int]]]:
         """Window start times, and per field (used, total, overflow, pending) the peak in each
-        window; a window without events holds the last value before it."""
+        window; a window without events holds the last value before it. The value a window
+        starts with counts towards its peak: five clients waiting whose waits all end early
+        in a window were five at its start (drawn as four, the peak after its first event,
+        a stall's step understated the queue)."""
         times: list[float] = []
         columns: list[list[int]] = [[] for _ in range(_FIELDS)]
         last = [0] * _FIELDS
@@ -157,7 +160,7 @@ class PeakSeries:
                     columns[k].append(last[k])
             else:
                 for k in range(_FIELDS):
-                    columns[k].append(bucket[k])
+                    columns[k].append(max(bucket[k], last[k]))
                 last = bucket[_FIELDS:]
         return times, columns
 

@@ -8,7 +8,7 @@ which redraws in place (no flicker) and leaves stdout alone: the event stream st
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
@@ -38,6 +38,8 @@ class DashboardSnapshot:
     timeouts: int
     errors: int
     leaks: int
+    #: Checkouts granted while an earlier waiter still waited (the pool is not FIFO).
+    queue_jumps: int = 0
     #: The latest `monitor.stats` snapshot (rates, percentiles, the server's view); may be {}.
     stats: dict[str, Any] = field(default_factory=dict)
 
@@ -87,6 +89,19 @@ def _gauges(snapshot: DashboardSnapshot) -> RenderableType:
         )
     if snapshot.waiting:
         table.add_row("oldest wait", "", f"{snapshot.oldest_wait_ms:,.0f} ms")
+    if snapshot.queue_jumps and snapshot.checkouts:
+        table.add_row(
+            "queue jumps",
+            ProgressBar(
+                total=snapshot.checkouts,
+                completed=min(snapshot.queue_jumps, snapshot.checkouts),
+                width=30,
+                complete_style="magenta",
+            ),
+            f"{snapshot.queue_jumps:,} of {snapshot.checkouts:,} checkouts "
+            f"({snapshot.queue_jumps / snapshot.checkouts:.0%}): granted while an earlier "
+            "waiter still waited",
+        )
     return table
 
 
@@ -133,6 +148,14 @@ def _figures(snapshot: DashboardSnapshot) -> RenderableType:
 
 def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:,.1f}"
+
+
+class LiveView(Protocol):
+    """What a run shows while it runs: the dashboard on a terminal, progress lines on a log."""
+
+    def start(self) -> None: ...
+    def update(self, snapshot: DashboardSnapshot) -> None: ...
+    def stop(self) -> None: ...
 
 
 class Dashboard:

@@ -19,6 +19,7 @@ Anything else is left alone, with a warning.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import importlib.util
@@ -194,12 +195,14 @@ class EmbeddedPostgres:
         self._started.wait(timeout)
         self.stop(mode="immediate")
 
-    def restart(self) -> None:
-        """A real fast restart: every session is terminated, the server comes back."""
+    def restart(self, on_down: Callable[[], None] = lambda: None) -> None:
+        """A real fast restart: every session is terminated, the server comes back.
+        `on_down` is called (in this thread) once the server has stopped, before it starts."""
         with self._stop_lock:
             if self.directory is None:
                 raise DatabaseUnavailable("the embedded PostgreSQL is stopped: no restart")
             self._stop_postmaster("fast")
+            on_down()
             self._start_postmaster(cancellable=False)
 
     def stop(self, mode: str = "fast") -> None:
@@ -762,6 +765,24 @@ def asyncpg_arguments(url: URL) -> dict[str, Any]:
     return {key: value for key, value in arguments.items() if value is not None}
 
 
+def quiet_cancelled_connects(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """The event loop's exception handler: asyncio's default, but for one artifact of asyncpg.
+    A connect cancelled while it negotiates SSL (`sslmode` prefer, asyncpg's default over
+    TCP: the monitor's control connection or a pool's when the run stops) leaves the future
+    of that negotiation failed and never awaited (asyncpg's TLSUpgradeProto), and asyncio
+    prints "Future exception was never retrieved" on stderr: noise for a person, and in a
+    pod's log (`kubectl logs` mixes stderr in), a line that `loadsim merge` refuses. The
+    connect that was cancelled already ended as cancelled; there is nothing to report."""
+    error = context.get("exception")
+    if (
+        context.get("message") == "Future exception was never retrieved"
+        and type(error) is ConnectionError
+        and error.args == ("unexpected connection_lost() call",)
+    ):
+        return
+    loop.default_exception_handler(context)
+
+
 async def control_connection(url: URL, timeout: float = 10.0) -> Any:
     """A plain asyncpg connection for server-side questions; DatabaseUnavailable if refused."""
     where = mask_url(url)
@@ -803,15 +824,48 @@ async def sessions_by_state(connection: Any, application_name: str) -> dict[str,
     return {row["state"].replace(" ", "_"): row["n"] for row in rows}
 
 
-async def terminate_sessions(connection: Any, application_name: str, which: str = "all") -> int:
-    """pg_terminate_backend on our sessions (`idle` ones only, or `all`); how many."""
-    count: int = await connection.fetchval(
-        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
-        " WHERE application_name = $1 AND ($2 = 'all' OR state = 'idle')",
+async def terminate_sessions(
+    connection: Any, application_name: str, which: str = "all", wait: float = _STOP_WAIT_S
+) -> int:
+    """pg_terminate_backend on our sessions (`idle` ones only, or `all`), then waits (up to
+    `wait` seconds) until they have ended: pg_terminate_backend only signals a backend, which
+    may still answer a query for a moment after it returns. How many were terminated."""
+    # Ours first, materialized: in one WHERE the planner may call pg_terminate_backend on
+    # rows before the other conditions have ruled them out, every session on the server.
+    pids: list[int] = await connection.fetchval(
+        "WITH ours AS MATERIALIZED (SELECT pid FROM pg_stat_activity"
+        "  WHERE application_name = $1 AND ($2 = 'all' OR state = 'idle'))"
+        " SELECT coalesce(array_agg(pid) FILTER (WHERE terminated), '{}')"
+        " FROM (SELECT pid, pg_terminate_backend(pid) AS terminated FROM ours) AS done",
         application_name,
         which,
     )
-    return count
+    deadline = time.monotonic() + wait
+    while pids and time.monotonic() < deadline:
+        left = await connection.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE pid = any($1::int[])", pids
+        )
+        if left == 0:
+            break
+        await asyncio.sleep(0.002)
+    return len(pids)
+
+
+#: Errors of a connect that mean nothing listens where the server should (a unix socket that
+#: is not there, a TCP port that refuses): the server is down, or restarting.
+_NOT_LISTENING = (FileNotFoundError, ConnectionRefusedError)
+
+
+def describe_connect_error(error: BaseException) -> str:
+    """The first line of a connect error, said in words when the driver's own is obscure
+    (`[Errno 2] No such file or directory` for a unix socket that is gone), with the driver's
+    exception named beside it."""
+    text = str(error).strip().splitlines()
+    detail = text[0] if text else ""
+    if isinstance(error, _NOT_LISTENING):
+        named = f"{type(error).__name__}: {detail}" if detail else type(error).__name__
+        return f"the server is not accepting connections ({named})"
+    return detail or type(error).__name__
 
 
 async def missing_settings(connection: Any, names: list[str]) -> list[str]:
@@ -819,6 +873,18 @@ async def missing_settings(connection: Any, names: list[str]) -> list[str]:
     rows = await connection.fetch("SELECT name FROM pg_settings WHERE name = any($1)", names)
     present = {row["name"] for row in rows}
     return [name for name in names if name not in present]
+
+
+#: What asyncpg raises when a connection broke under it. InternalClientError is among them:
+#: a server that ends a session (a restart, pg_terminate_backend) sends its error before it
+#: closes the socket, and a query sent in between finds the connection still reading that
+#: error ("cannot switch to state 12; another operation (2) is in progress").
+CONNECTION_BROKE = (
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    OSError,
+)
 
 
 class ServerObserver:
@@ -841,7 +907,7 @@ class ServerObserver:
     async def sessions(self, application_name: str) -> dict[str, int] | None:
         try:
             return await sessions_by_state(await self.open(), application_name)
-        except (DatabaseUnavailable, asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+        except (DatabaseUnavailable, *CONNECTION_BROKE):
             await self.close()
             return None
 
@@ -855,6 +921,8 @@ class ServerObserver:
 
 
 def _reason(error: BaseException) -> str:
+    if isinstance(error, _NOT_LISTENING):
+        return describe_connect_error(error)
     text = str(error).strip().splitlines()
     if isinstance(error, TimeoutError) or not text:
         return "timed out" if isinstance(error, TimeoutError) else type(error).__name__

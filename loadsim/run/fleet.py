@@ -24,7 +24,7 @@ import json
 import pickle
 import signal
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import IO, Any
 
@@ -33,11 +33,15 @@ from sqlalchemy.engine import URL
 from loadsim import signals
 from loadsim.config.settings import RunConfig
 from loadsim.errors import DatabaseUnavailable, InstanceFailed
+from loadsim.run.dashboard import DashboardSnapshot, LiveView
 from loadsim.run.database import ServerObserver, server_info
 from loadsim.run.engine import mask_url, render_url
 from loadsim.run.events import EventLog, EventSink, LogFormat
 from loadsim.run.histogram import merged_figures
 from loadsim.run.lifecycle import Lifecycle, RunOutcome
+from loadsim.run.live_metrics import check_fleet_ports
+from loadsim.run.metrics import share
+from loadsim.run.session_settings import check_session_settings
 from loadsim.schema import ADDITIVE_FIGURES, EVENT_NAMES, LATENCY_NAMES
 
 INSTANCE_COMMAND = "_instance"
@@ -80,10 +84,18 @@ class Fleet(Lifecycle):
         warn: Callable[[str], None] = lambda message: None,
         kinds: frozenset[str] = EVENT_NAMES,
         loop: str = "auto",
+        view: LiveView | None = None,
     ) -> None:
         super().__init__(configs, sink, log_format=log_format, warn=warn, kinds=kinds, loop=loop)
+        #: Shown the fleet's figures, added up from each instance's latest monitor.stats.
+        self.view = view
+        self._latest: dict[int, dict[str, Any]] = {}
         self._children: list[asyncio.subprocess.Process] = []
         self._passing: set[asyncio.Task[None]] = set()  # signals waiting for an instance
+
+    def run(self) -> RunOutcome:
+        check_fleet_ports(self.configs)  # each instance serves its own /metrics
+        return super().run()
 
     def on_signal(self, signum: int, again: bool) -> None:
         """Passes each signal on to the instances, once; at the second, kills them."""
@@ -125,16 +137,19 @@ class Fleet(Lifecycle):
             return  # stopped before any instance started
         database_url = render_url(url)  # what parse_database_url reads back exactly
         ends: dict[int, dict[str, Any]] = {}
+        starts: dict[int, dict[str, Any]] = {}
         self._children = []
         try:
             for instance in range(config.instances):
                 orders = InstanceOrders(
-                    # (sources is a read-only view, which pickle cannot carry: a plain copy can)
+                    # (sources and session are read-only views, which pickle cannot carry:
+                    # plain copies can)
                     config=replace(
                         config,
                         database_url=database_url,
                         thresholds=(),
                         sources=dict(config.sources),
+                        session=dict(config.session),
                     ),
                     run_id=self.outcome.run_id,
                     instance=instance,
@@ -146,10 +161,15 @@ class Fleet(Lifecycle):
                 self._children.append(child)
                 if self.stopping:
                     self._pass_on_stop(child)
+            self._latest = {}
+            if self.view is not None:
+                self.view.start()
             async with asyncio.TaskGroup() as group:
                 for instance, child in enumerate(self._children):
-                    group.create_task(self._relay(instance, child, ends))
+                    group.create_task(self._relay(instance, child, starts, ends, config))
         finally:
+            if self.view is not None:
+                self.view.stop()
             for child in self._children:
                 with contextlib.suppress(ProcessLookupError):
                     child.kill()
@@ -169,7 +189,15 @@ class Fleet(Lifecycle):
                 raise failure  # nothing ran: the run cannot go on
             return  # every instance stopped by our signal before it reported
         summary = aggregate(ends, failures)
-        self.finish_scenario(config, events, "run.summary", summary, instances=config.instances)
+        skew = start_skew_ms(starts.values())
+        self.finish_scenario(
+            config,
+            events,
+            "run.summary",
+            summary,
+            instances=config.instances,
+            **({} if skew is None else {"start_skew_ms": skew}),
+        )
         if failure is not None:
             self.outcome.failures.append(failure)
 
@@ -178,9 +206,15 @@ class Fleet(Lifecycle):
         return code == 0 or (self.outcome.interrupted_by is not None and code in _STOPPED_BY_US)
 
     async def _relay(
-        self, instance: int, child: asyncio.subprocess.Process, ends: dict[int, dict[str, Any]]
+        self,
+        instance: int,
+        child: asyncio.subprocess.Process,
+        starts: dict[int, dict[str, Any]],
+        ends: dict[int, dict[str, Any]],
+        config: RunConfig,
     ) -> None:
-        """Writes an instance's events on, line by line, and keeps its run.end summary."""
+        """Writes an instance's events on, line by line, and keeps its run.start and its
+        run.end summary."""
         assert child.stdout is not None and child.stderr is not None
         errors = asyncio.create_task(_forward_stderr(child.stderr, self.warn, instance))
         async for line in child.stdout:
@@ -190,6 +224,13 @@ class Fleet(Lifecycle):
             if b'"run.end"' in line[:120]:
                 with contextlib.suppress(ValueError):
                     ends[instance] = json.loads(line)["summary"]
+            elif b'"run.start"' in line[:120]:
+                with contextlib.suppress(ValueError):
+                    starts[instance] = json.loads(line)
+            elif self.view is not None and b'"monitor.stats"' in line[:120]:
+                with contextlib.suppress(ValueError):
+                    self._latest[instance] = json.loads(line)
+                    self.view.update(fleet_snapshot(config, self._latest))
         await child.wait()
         await errors
 
@@ -197,6 +238,8 @@ class Fleet(Lifecycle):
         observer = ServerObserver(url)
         try:
             info = await server_info(await observer.open())
+            # a setting the server refuses is one line here, not one per instance
+            await check_session_settings(config.session_settings, url, observer, config.scenario)
         finally:
             await observer.close()
         self.warn_if_too_small(config, info, events, instances=config.instances)
@@ -288,6 +331,60 @@ async def _forward_stderr(
 _SUMMED = ("clients", *ADDITIVE_FIGURES)
 
 
+def fleet_snapshot(config: RunConfig, latest: Mapping[int, Mapping[str, Any]]) -> DashboardSnapshot:
+    """The fleet's figures from each instance's latest `monitor.stats`: counts and rates
+    added up, the oldest wait the oldest of any. Percentiles do not add up, and the
+    instances' histograms come only with run.end: none are shown while it runs."""
+    stats = list(latest.values())
+
+    def total(key: str) -> int:
+        return sum(int(item.get(key) or 0) for item in stats)
+
+    def counted(key: str) -> int:
+        return sum(int((item.get("totals") or {}).get(key) or 0) for item in stats)
+
+    capacity = config.pool.capacity
+    return DashboardSnapshot(
+        scenario=config.scenario,
+        elapsed_s=max(float(item.get("t") or 0.0) for item in stats),
+        duration_s=config.workload.duration,
+        pool_size=config.pool.pool_size * config.instances,
+        capacity=None if capacity is None else capacity * config.instances,
+        used=total("connections_used"),
+        idle=total("connections_idle"),
+        overflow=total("overflow"),
+        waiting=total("pending_requests"),
+        oldest_wait_ms=max(float(item.get("oldest_wait_ms") or 0.0) for item in stats),
+        checkouts=counted("checkouts"),
+        timeouts=counted("timeouts"),
+        errors=counted("errors"),
+        leaks=counted("leaks_suspected"),
+        queue_jumps=counted("queue_jumps"),
+        stats={
+            "checkouts_per_s": sum(float(item.get("checkouts_per_s") or 0.0) for item in stats),
+            "totals": {"requests": counted("requests"), "dropped": counted("dropped")},
+        },
+    )
+
+
+def start_skew_ms(starts: Iterable[Mapping[str, Any]]) -> float | None:
+    """How far apart a fleet's instances began their load, from their run.start events: on
+    the database server's clock when every one has it (shards, each of which measured its
+    clock against the server's), else on their own clocks (one machine's, for --instances).
+    Instances that never began (a stop came first) are left out; None with fewer than two
+    that began (or logs older than these fields)."""
+    began = [start for start in starts if _number(start.get("began_epoch_s"))]
+    if len(began) < 2:
+        return None
+    key = "began_server_s" if all(_number(s.get("began_server_s")) for s in began) else None
+    instants = [float(start[key or "began_epoch_s"]) for start in began]
+    return round((max(instants) - min(instants)) * 1000, 3)
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def aggregate(
     ends: Mapping[int, dict[str, Any]], failed: Sequence[tuple[int, int]] = ()
 ) -> dict[str, Any]:
@@ -325,6 +422,7 @@ def aggregate(
     total["reuse_ratio"] = (
         round(total["checkouts"] / total["connects"], 2) if total["connects"] else None
     )
+    total["queue_jump_share"] = share(total["queue_jumps"], total["checkouts"])
     total["interrupted"] = any(summary.get("interrupted") for summary in summaries)
     total["instances"] = len(summaries)
     total["failed_instances"] = [

@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import ctypes
 import sys
+from collections.abc import Sequence
 
 from hdrh.histogram import HdrHistogram
 
+from loadsim.config.limits import MAX_LATENCY_S
 from loadsim.schema import PERCENTILE_KEYS, PERCENTILES
 
 #: Latencies are recorded in microseconds, from 1 µs to an hour, to 3 significant digits.
-LOWEST_US, HIGHEST_US, DIGITS = 1, 3_600_000_000, 3
+LOWEST_US, HIGHEST_US, DIGITS = 1, MAX_LATENCY_S * 1_000_000, 3
 
 
 def new_histogram() -> HdrHistogram:
@@ -100,3 +102,45 @@ def merged_figures(
         merged.add(HdrHistogram.decode(text.encode("ascii")))
     sum_us = sum(count * mean * 1000 for count, mean in counts_and_means)
     return figures(merged, int(sum_us))
+
+
+def cumulative_counts(histograms: Sequence[HdrHistogram], bounds_us: Sequence[int]) -> list[int]:
+    """How many values the histograms hold at or below each bound (ascending), as the
+    cumulative buckets of a Prometheus or OpenTelemetry histogram. To the histograms'
+    precision: a value in the same equivalence range as a bound (3 significant digits)
+    counts as at or below it."""
+    totals = [0] * len(bounds_us)
+    for histogram in histograms:
+        if not histogram.get_total_count():
+            continue
+        counts = histogram.counts
+        start = histogram._counts_index_for(histogram.min_value)
+        high = histogram._counts_index_for(histogram.max_value)
+        running = 0
+        for position, bound in enumerate(bounds_us):
+            end = min(histogram._counts_index_for(min(bound, HIGHEST_US)), high)
+            if end >= start:
+                running += sum(counts[start : end + 1])
+                start = end + 1
+            totals[position] += running
+    return totals
+
+
+def share_above(histogram: HdrHistogram, microseconds: int) -> float:
+    """The share of recorded values above `microseconds` (0 with none recorded)."""
+    total = int(histogram.get_total_count())
+    if total == 0:
+        return 0.0
+    if histogram.max_value <= microseconds:
+        return 0.0
+    first = histogram._counts_index_for(min(max(microseconds, LOWEST_US), HIGHEST_US)) + 1
+    last = histogram._counts_index_for(histogram.max_value)
+    return float(sum(histogram.counts[first : last + 1]) / total)
+
+
+def squared_variation(histogram: HdrHistogram) -> float | None:
+    """The squared coefficient of variation (variance / mean²) of the recorded values."""
+    mean = histogram.get_mean_value()
+    if not histogram.get_total_count() or mean <= 0:
+        return None
+    return float((histogram.get_stddev() / mean) ** 2)

@@ -32,7 +32,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from types import FrameType
@@ -42,10 +41,15 @@ from sqlalchemy.engine import URL
 
 from loadsim import signals
 from loadsim.config.limits import CONNECTION_HEADROOM
-from loadsim.config.settings import RunConfig
+from loadsim.config.settings import RunConfig, new_run_id
 from loadsim.config.thresholds import evaluate
 from loadsim.errors import DatabaseUnavailable, LoadsimError, ScenarioError
-from loadsim.run.database import EmbeddedPostgres, ServerInfo, StartCancelled
+from loadsim.run.database import (
+    EmbeddedPostgres,
+    ServerInfo,
+    StartCancelled,
+    quiet_cancelled_connects,
+)
 from loadsim.run.engine import parse_database_url
 from loadsim.run.events import EventLog, EventSink, LogFormat
 from loadsim.schema import EVENT_NAMES
@@ -134,6 +138,7 @@ class Lifecycle:
 
     async def _main(self) -> None:
         loop = asyncio.get_running_loop()
+        loop.set_exception_handler(quiet_cancelled_connects)
         self._loop = loop
         if self._parent_fd is not None:
             self._watch_parent(loop, self._parent_fd)
@@ -335,10 +340,6 @@ def scenario_url(config: RunConfig, server: EmbeddedPostgres | None) -> URL:
         return parse_database_url(config.database_url)
     assert server is not None
     return server.url
-
-
-def new_run_id() -> str:
-    return uuid.uuid4().hex[:12]
 
 
 def choose_event_loop(wanted: str) -> tuple[Callable[[], asyncio.AbstractEventLoop] | None, str]:

@@ -10,6 +10,9 @@ The summary's rates are over the measured window: from the start to the moment t
 due to stop (`stop_measuring`: its duration ended, or a signal came), with the counts as they
 were then. The grace period after it, while clients holding a connection finish, is
 `grace_s`, averaged into nothing.
+
+Queue jumps (`queue_jumps`: checkouts granted while a client that asked earlier was still
+waiting) are counted as the waits start and end, by the line of `loadsim.run.queue_jumps`.
 """
 
 from __future__ import annotations
@@ -18,8 +21,29 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from loadsim.run.histogram import count_into, encode, figures, new_histogram, reset
+from loadsim.run.histogram import (
+    count_into,
+    cumulative_counts,
+    encode,
+    figures,
+    new_histogram,
+    reset,
+    share_above,
+    squared_variation,
+)
+from loadsim.run.queue_jumps import WaitLine
 from loadsim.schema import LATENCY_NAMES
+
+
+@dataclass(frozen=True)
+class Buckets:
+    """A latency's values so far against a histogram's bounds (microseconds)."""
+
+    cumulative: tuple[int, ...]  # values at or below each bound
+    count: int
+    sum_us: int
+    min_us: int
+    max_us: int
 
 
 class Latency:
@@ -58,10 +82,41 @@ class Latency:
         self._fold()
         return figures(self._run, self._run_sum_us)
 
+    def clear(self) -> None:
+        """Forget every value (in place: the loop-lag probe holds on to its latency)."""
+        self._window, self._run = new_histogram(), new_histogram()
+        self._pending = []
+        self._window_sum_us = self._run_sum_us = 0
+
+    def share_above(self, milliseconds: float) -> float:
+        """The share of the run's values above `milliseconds` (`loadsim size`: P(wait))."""
+        self._fold()
+        return share_above(self._run, int(milliseconds * 1000))
+
+    def squared_variation(self) -> float | None:
+        """The run's variance over its mean squared (1 for exponential times)."""
+        self._fold()
+        return squared_variation(self._run)
+
     def encoded(self) -> str:
         """The run's histogram, compressed and base64-encoded, for merging elsewhere."""
         self._fold()
         return encode(self._run)
+
+    def buckets(self, bounds_us: list[int]) -> Buckets:
+        """Every value so far (the run's and the open window's), counted at or below each
+        bound: a live histogram's buckets. Changes no figure of the window."""
+        self._count_pending()
+        histograms = (self._run, self._window)
+        count = sum(int(histogram.get_total_count()) for histogram in histograms)
+        recorded = [histogram for histogram in histograms if histogram.get_total_count()]
+        return Buckets(
+            cumulative=tuple(cumulative_counts(histograms, bounds_us)),
+            count=count,
+            sum_us=self._run_sum_us + self._window_sum_us,
+            min_us=min((int(h.get_min_value()) for h in recorded), default=0),
+            max_us=max((int(h.get_max_value()) for h in recorded), default=0),
+        )
 
     def _count_pending(self) -> None:
         if self._pending:
@@ -178,6 +233,10 @@ class RunMetrics:
     errors: int = 0
     errors_by_kind: dict[str, int] = field(default_factory=dict)
     checkouts_per_client: list[int] = field(default_factory=list)
+    #: Checkouts granted while a client that asked earlier was still waiting (see
+    #: `loadsim.run.queue_jumps`), and the line of waiters that tells.
+    queue_jumps: int = 0
+    wait_line: WaitLine = field(default_factory=WaitLine)
     utilisation: Utilisation = field(init=False)
     window: Window = field(init=False)
     #: The end of the measured window (None: not yet, or the run ended by itself), and the
@@ -197,6 +256,21 @@ class RunMetrics:
         self.acquired_wait_time.add(wait_ms)
         self.checkouts += 1
 
+    def wait_started(self, client: int) -> None:
+        """`client` asked the pool for a connection: it joins the line of waiters."""
+        self.wait_line.join(client)
+
+    def wait_ended(self, client: int, *, granted: bool = False) -> None:
+        """`client` stopped waiting: `granted` a connection, or timed out, failed or was
+        cancelled. A granted one jumped the queue if someone who asked earlier still waits."""
+        if self.wait_line.leave(client) and granted:
+            self.queue_jumps += 1
+
+    def connecting(self, client: int) -> None:
+        """The pool is opening a new connection for `client`: it leaves the line, waiting
+        for no connection handed back, and its checkout jumps no one."""
+        self.wait_line.leave(client)
+
     def timed_out(self, wait_ms: float) -> None:
         """A wait that ended in the pool's TimeoutError: a wait of its full length."""
         self.wait_time.add(wait_ms)
@@ -215,22 +289,51 @@ class RunMetrics:
         }
         self._utilisation_at_stop = self.utilisation.mean_until(now)
 
+    def discard_warmup(self, now: float) -> None:
+        """Forget what was measured so far: the measured window starts `now` (a warm-up
+        `loadsim size` leaves out). The pool's own counters (connects, ...) go on."""
+        for name in LATENCY_NAMES:
+            getattr(self, name).clear()
+        self.checkouts = self.timeouts = self.errors = self.requests = self.dropped = 0
+        self.queue_jumps = 0  # (the line itself goes on: those waiting still wait)
+        self.errors_by_kind = {}
+        self.checkouts_per_client = [0] * self.clients
+        in_use = self.utilisation._in_use
+        self.utilisation = Utilisation(self.capacity, now)
+        self.utilisation._in_use = in_use
+        self.window.started = now
+        self.window._last = {
+            key: 0
+            if key in ("checkouts", "requests", "dropped", "timeouts", "errors", "queue_jumps")
+            else value
+            for key, value in self.window._last.items()
+        }
+        self.started = now
+
     def error(self, kind: str) -> None:
         self.errors += 1
         self.errors_by_kind[kind] = self.errors_by_kind.get(kind, 0) + 1
 
-    def snapshot(self, now: float, pool_counters: dict[str, int]) -> dict[str, Any]:
-        """`monitor.stats`: the window's rates and latencies, and the running totals."""
-        totals = {
+    def totals(self, pool_counters: dict[str, int]) -> dict[str, int]:
+        """The running totals, as `monitor.stats` has them."""
+        return {
             "checkouts": self.checkouts,
             "requests": self.requests,
             "dropped": self.dropped,
             "timeouts": self.timeouts,
             "errors": self.errors,
             **pool_counters,
+            "queue_jumps": self.queue_jumps,
         }
+
+    def snapshot(self, now: float, pool_counters: dict[str, int]) -> dict[str, Any]:
+        """`monitor.stats`: the window's rates and latencies, and the running totals."""
+        totals = self.totals(pool_counters)
+        window = self.window.close(totals, now)
+        counts = window["window"]
         return {
-            **self.window.close(totals, now),
+            **window,
+            "queue_jump_share": share(counts["queue_jumps"], counts["checkouts"]),
             "utilisation": self.utilisation.close_window(now),
             "wait_time_ms": self.wait_time.close_window(),
             "acquired_wait_time_ms": self.acquired_wait_time.close_window(),
@@ -270,6 +373,8 @@ class RunMetrics:
             "errors": self.errors,
             "errors_by_kind": dict(self.errors_by_kind),
             **pool_counters,
+            "queue_jumps": self.queue_jumps,
+            "queue_jump_share": share(self.queue_jumps, self.checkouts),
             "connects_per_s": rate(at_stop["connects"], elapsed),
             "reuse_ratio": (
                 round(self.checkouts / pool_counters["connects"], 2)
@@ -308,6 +413,11 @@ def fairness(checkouts_per_client: list[int]) -> dict[str, Any]:
         "starved_share": round(sum(1 for count in counts if count == 0) / len(counts), 4),
         "jain_index": round(total * total / (len(counts) * squares), 4) if squares else None,
     }
+
+
+def share(part: int, whole: int) -> float | None:
+    """`part` of `whole` as a ratio (4 decimals); None when `whole` is 0."""
+    return round(part / whole, 4) if whole else None
 
 
 def rate(count: int, seconds: float) -> float:

@@ -13,6 +13,7 @@ import os
 import sys
 import time
 import weakref
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -27,6 +28,7 @@ from loadsim.run.database import ServerObserver
 from loadsim.run.events import EventLog, milliseconds
 from loadsim.run.metrics import RunMetrics
 from loadsim.run.pool_internals import close_cause, queue_is_full
+from loadsim.run.server_memory import MemorySampler
 
 #: The client (an integer id) on whose behalf the current task uses the pool.
 current_client: contextvars.ContextVar[int | None] = contextvars.ContextVar(
@@ -93,6 +95,9 @@ class PoolMonitor:
         self.disposing = False
         self._ids: dict[int, int] = {}  # id(dbapi connection) → conn
         self._pids: dict[int, int | None] = {}  # conn → backend pid, while it is open
+        #: conns between their `connect` and their close: those `state()` counts open (a
+        #: first connect is registered earlier, while the dialect initialises it)
+        self._connected: set[int] = set()
         self._connections_seen = 0
         self._close_cause: dict[int, str] = {}  # conn → why it is about to be closed
         self._open = 0  # connections open now, counted from events (any pool class)
@@ -132,15 +137,29 @@ class PoolMonitor:
         waiting[client] = now
         if len(waiting) > self.counters.max_pending_requests:
             self.counters.max_pending_requests = len(waiting)
+        self.metrics.wait_started(client)
 
-    def waiting_ended(self, client: int) -> None:
-        self._waiting_since.pop(client, None)
+    def waiting_ended(self, client: int, *, granted: bool = False) -> None:
+        """`client`'s wait is over: `granted` a connection, or not (a timeout, an error, a
+        cancellation). Called again for a wait already over, it does nothing."""
+        if self._waiting_since.pop(client, None) is not None:
+            self.metrics.wait_ended(client, granted=granted)
+
+    def waiting_clients(self) -> list[int]:
+        """The clients waiting for a connection, in the order they began to wait."""
+        return list(self._waiting_since)
 
     def oldest_wait_ms(self) -> float:
         """How long the longest-waiting client has been waiting (0 when none is)."""
         if not self._waiting_since:
             return 0.0
         return round((time.perf_counter() - min(self._waiting_since.values())) * 1000, 3)
+
+    def backend_pids(self) -> list[int]:
+        """The server pid of every connection open now, by the pool's own events (those
+        `connections_total` counts)."""
+        pids = self._pids
+        return [pid for conn in self._connected if (pid := pids.get(conn)) is not None]
 
     def counters_now(self) -> dict[str, int]:
         return asdict(self.counters)
@@ -225,6 +244,7 @@ class PoolMonitor:
         """After a connection's last event: a NullPool run opens one per checkout."""
         if conn is not None:
             self._pids.pop(conn, None)
+            self._connected.discard(conn)
 
     def _forget(self, dbapi_connection: Any) -> int | None:
         conn = self._ids.pop(id(dbapi_connection), None)
@@ -234,11 +254,15 @@ class PoolMonitor:
         return conn
 
     def _on_do_connect(self, *_: Any) -> None:
-        self._connect_started[current_client.get()] = time.perf_counter()
+        client = current_client.get()
+        self._connect_started[client] = time.perf_counter()
+        if client is not None:
+            self.metrics.connecting(client)  # served by its own connect: out of the line
 
     def _on_connect(self, dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
         conn = self._register(dbapi_connection)
         self._open += 1
+        self._connected.add(conn)
         counters = self.counters
         counters.connects += 1
         counters.max_open = max(counters.max_open, self._open)
@@ -366,12 +390,17 @@ class Watcher:
         monitor: PoolMonitor,
         sampler: ServerObserver,
         application_name: str,
+        memory: MemorySampler | None = None,
     ) -> None:
         self.monitor = monitor
         self.sampler = sampler
         self.application_name = application_name
+        #: Memory of our backends and of loadsim, in each snapshot (None: not measured).
+        self.memory = memory
         #: The latest snapshot, for the live dashboard.
         self.latest: dict[str, Any] = {}
+        #: Called with each snapshot as it is emitted (the live metrics).
+        self.on_snapshot: Callable[[dict[str, Any]], None] | None = None
         self._streaks: dict[str, int] = {"saturated": 0, "server_disagrees": 0}
 
     async def run(self) -> None:
@@ -400,15 +429,21 @@ class Watcher:
     async def report(self) -> None:
         monitor = self.monitor
         server = await self.sampler.sessions(self.application_name)
+        # memory first (read in a thread): the counts below, its time and its emission are
+        # one moment, with no wait between them for the others to go stale
+        memory = await self._memory() if self.memory is not None else {}
         pool = monitor.state()
         snapshot = {
             **pool,
             "oldest_wait_ms": monitor.oldest_wait_ms(),
             **monitor.metrics.snapshot(time.perf_counter(), monitor.counters_now()),
             "server": server,
+            **memory,
         }
         self.latest = snapshot
         monitor.events.emit("monitor.stats", **snapshot)
+        if self.on_snapshot is not None:
+            self.on_snapshot(snapshot)
         self._alert_when_lasting(
             "saturated",
             pool["pending_requests"] > 0,
@@ -426,6 +461,20 @@ class Watcher:
             pool_connections=pool["connections_total"],
             server_sessions=server_total,
         )
+
+    async def _memory(self) -> dict[str, Any]:
+        """The snapshot's memory fields; the first time our backends could not be read
+        (after the start found that they could), a `run.warning` says why."""
+        assert self.memory is not None
+        failed_before = self.memory.failure
+        backends = self.monitor.backend_pids  # the connections the snapshot counts
+        fields = await self.memory.sample(backends(), still_open=backends)
+        if failed_before is None and self.memory.failure is not None:
+            self.monitor.events.emit(
+                "run.warning",
+                message=f"our backends' memory could not be read: {self.memory.failure}",
+            )
+        return fields
 
     def _alert_when_lasting(self, kind: str, condition: bool, message: str, **fields: Any) -> None:
         """One alert per episode: when the condition has held for ALERT_AFTER_SAMPLES."""

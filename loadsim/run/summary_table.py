@@ -14,6 +14,7 @@ _ROWS: tuple[tuple[str, str], ...] = (
     ("checkouts per connect", "reuse_ratio"),
     ("max open connections", "max_open"),
     ("max waiting clients", "max_pending_requests"),
+    ("queue jumps (share of checkouts)", "queue_jumps"),
     ("utilisation (mean / max)", "utilisation"),
     ("wait ms (p50 / p99 / max)", "wait_time_ms"),
     ("acquired wait ms (p50 / p99 / max)", "acquired_wait_time_ms"),
@@ -22,6 +23,8 @@ _ROWS: tuple[tuple[str, str], ...] = (
     ("timeouts", "timeouts"),
     ("errors", "errors"),
     ("leaks suspected", "leaks_suspected"),
+    ("server memory MiB (peak / per conn)", "server_memory"),
+    ("loadsim memory MiB (peak)", "client_memory_peak_mb"),
     ("interrupted", "interrupted"),
 )
 
@@ -59,9 +62,18 @@ def _comparisons(summaries: list[dict[str, Any]]) -> list[str]:
 
 
 def _value(summary: dict[str, Any], key: str) -> Any:
+    if key == "queue_jumps":  # granted while an earlier waiter still waited
+        jumps, share = summary.get("queue_jumps"), summary.get("queue_jump_share")
+        return "-" if jumps is None else f"{jumps:,} ({share or 0:.0%})"
     if key == "utilisation":
         mean, peak = summary.get("utilisation_mean"), summary.get("utilisation_max")
         return "-" if mean is None else f"{mean:.0%} / {peak:.0%}"
+    if key == "server_memory":
+        peak, each = (
+            summary.get("server_memory_peak_mb"),
+            summary.get("server_memory_per_connection_mb"),
+        )
+        return "-" if peak is None else f"{peak:,.1f} / {'-' if each is None else f'{each:,.2f}'}"
     return summary.get(key)
 
 
