@@ -182,13 +182,18 @@ def synthesise(path: Path, target_events: int, seed: int = 1) -> int:
             checkouts += 1
             per_client[client] += 1
             window_checkouts += 1
-            out.emit(
-                t, "pool.checkout", conn=conn, backend_pid=10_000 + conn, client=client, **counts()
-            )
             wait = (t - asked) * 1000
             window_waits.append(wait)
             all_waits.append(wait)
-            out.emit(t, "client.acquired", client=client, conn=conn, wait_ms=round(wait, 3))
+            out.emit(  # the default stream: pool.checkout's moment and counts are these
+                t,
+                "client.acquired",
+                client=client,
+                conn=conn,
+                backend_pid=10_000 + conn,
+                wait_ms=round(wait, 3),
+                **counts(),
+            )
             schedule(t + rng.uniform(0.020, 0.060), "release", client)
 
         for client in range(CLIENTS):
@@ -265,7 +270,6 @@ def synthesise(path: Path, target_events: int, seed: int = 1) -> int:
             if kind == "request":
                 if stopping:
                     continue
-                out.emit(t, "client.waiting", client=client)
                 if idle:
                     checkout(t, client, idle.popleft(), t)
                 elif open_conns < POOL_SIZE + MAX_OVERFLOW:
@@ -303,23 +307,6 @@ def synthesise(path: Path, target_events: int, seed: int = 1) -> int:
                 held = (t - since) * 1000
                 window_uses.append(held)
                 all_uses.append(held)
-                out.emit(
-                    t,
-                    "pool.reset",
-                    conn=conn,
-                    backend_pid=10_000 + conn,
-                    client=client,
-                    terminate_only=False,
-                    **counts(),
-                )
-                out.emit(
-                    t,
-                    "pool.checkin",
-                    conn=conn,
-                    backend_pid=10_000 + conn,
-                    client=client,
-                    **counts(),
-                )
                 out.emit(t, "client.released", client=client, conn=conn, held_ms=round(held, 3))
                 if waiting:
                     next_client, asked = waiting.popleft()

@@ -39,7 +39,7 @@ from loadsim.config.selection import select_events
 from loadsim.config.settings import Flags, RunConfig, new_run_id, read_environment, resolve
 from loadsim.config.show import format_show
 from loadsim.errors import LoadsimError, OutputError, ScenarioError
-from loadsim.schema import ALWAYS_WRITTEN, EVENT_NAMES, json_schema
+from loadsim.schema import ALWAYS_WRITTEN, json_schema
 from loadsim.shard_logs import shard_runs
 
 if TYPE_CHECKING:
@@ -52,7 +52,7 @@ app = typer.Typer(
         "does: reuse, queueing, timeouts, recycling.\n\n"
         "Scenarios are declared in TOML (./scenarios.toml, else the one shipped with loadsim). "
         "With no DATABASE_URL, each run starts its own embedded PostgreSQL.\n\n"
-        "Example: loadsim run normal | jq -c 'select(.event==\"pool.checkout\")'"
+        "Example: loadsim run normal | jq -c 'select(.event==\"client.acquired\")'"
     ),
     invoke_without_command=True,
     add_completion=False,
@@ -309,7 +309,10 @@ def run(
         typer.Option(
             "--events",
             help="Write only these kinds of event: comma-separated patterns such as "
-            "'monitor.*,run.*' (run.start and run.end always). Metrics are unaffected.",
+            "'monitor.*,run.*' (run.start and run.end always), or 'all'. Default: every "
+            "event but pool.checkout, pool.checkin, pool.reset and client.waiting, whose "
+            "moments client.acquired and client.released already give (README, 'The event "
+            "stream'). Metrics are unaffected.",
             show_default=False,
         ),
     ] = None,
@@ -371,7 +374,7 @@ def run(
     run_id = sharding[2] if sharding is not None else run_id or os.environ.get("LOADSIM_RUN_ID")
     if fleet and log_format is LogFormat.console:
         raise ScenarioError("--log-format console is not available with several instances")
-    kinds = select_events(events) if events is not None else EVENT_NAMES
+    kinds = select_events(events)
     stdout = None if _stdout_closed() else sys.stdout.buffer
     if stdout is None and output is None:
         raise OutputError(

@@ -32,9 +32,12 @@ from typing import Any
 #: 5: `queue_jumps` among the counters and `queue_jump_share` in `monitor.stats` and the
 #: summary; memory figures (`server_memory_mb`, ..., `client_memory_mb`) and `run.start`'s
 #: `server_memory` and `session_settings`; a missed client deadline's `client.error`.
-SCHEMA_VERSION = 5
+#: 6: `client.acquired` carries its connection's `backend_pid` and the pool's counts (the
+#: moment `pool.checkout` describes), and the default stream leaves out the events that
+#: repeat another's moment (`DETAIL_EVENTS`: `--events all` writes them).
+SCHEMA_VERSION = 6
 #: Versions of a log `loadsim report` and `compare` read.
-SUPPORTED_SCHEMA_VERSIONS = frozenset({1, 2, 3, 4, 5})
+SUPPORTED_SCHEMA_VERSIONS = frozenset({1, 2, 3, 4, 5, 6})
 
 # ------------------------------------------------------------------- declarations
 
@@ -623,8 +626,15 @@ _EVENT_SPECS: tuple[EventSpec, ...] = (
         ),
     ),
     _pool("pool.first_connect", "the pool's first connection, once per pool"),
-    _pool("pool.checkout", "a connection left the pool for a client"),
-    _pool("pool.checkin", "a connection returned to the pool"),
+    _pool(
+        "pool.checkout",
+        "a connection left the pool for a client (not in the default stream: client.acquired "
+        "is its moment)",
+    ),
+    _pool(
+        "pool.checkin",
+        "a connection returned to the pool (not in the default stream: client.released follows it)",
+    ),
     _pool(
         "pool.close",
         "the pool closed a connection",
@@ -645,7 +655,7 @@ _EVENT_SPECS: tuple[EventSpec, ...] = (
     ),
     _pool(
         "pool.reset",
-        "the pool reset (rolled back) a returned connection",
+        "the pool reset (rolled back) a returned connection (not in the default stream)",
         _field(
             "terminate_only",
             "boolean",
@@ -653,25 +663,34 @@ _EVENT_SPECS: tuple[EventSpec, ...] = (
         ),
     ),
     # -- client.*: what the clients saw
-    EventSpec("client.waiting", "a client asked the pool for a connection", (_CLIENT,)),
+    EventSpec(
+        "client.waiting",
+        "a client asked the pool for a connection (not in the default stream: at the "
+        "t - wait_ms of its client.acquired or client.timeout)",
+        (_CLIENT,),
+    ),
     EventSpec(
         "client.acquired",
-        "a client got a connection",
+        "a client got a connection: the moment of its pool.checkout, with the pool's counts "
+        "right after it",
         (
             _CLIENT,
             _CONN,
+            _field("backend_pid", "integer|null", "the server process behind the connection"),
             _field(
                 "wait_ms",
                 "number",
-                "how long it waited (absent for a cancel client's checkout)",
+                "how long it waited: it asked the pool (client.waiting) at t - wait_ms/1000 "
+                "(absent for a cancel client's checkout)",
                 "ms",
                 optional=True,
             ),
+            *POOL_COUNT_FIELDS,
         ),
     ),
     EventSpec(
         "client.released",
-        "a client gave its connection back",
+        "a client gave its connection back: after its pool.reset and pool.checkin",
         (
             _CLIENT,
             _CONN,
@@ -1175,6 +1194,13 @@ FAULT_EVENTS = _kind("fault.")
 RUN_EVENTS = _kind("run.")
 SIZE_EVENTS = _kind("size.")
 EVENT_NAMES = frozenset(EVENTS)
+#: Events that describe a moment another event of the default stream describes too, left out
+#: of it (written with `--events all`, or when named): `pool.checkout` is `client.acquired`'s
+#: moment and counts, `client.waiting` is at its `t - wait_ms`, and `pool.checkin` and
+#: `pool.reset` come with every `client.released`. Six lines a checkout would be two.
+DETAIL_EVENTS = frozenset({"pool.checkout", "pool.checkin", "pool.reset", "client.waiting"})
+#: What a run writes when `--events` is not given.
+DEFAULT_EVENTS = EVENT_NAMES - DETAIL_EVENTS
 #: Events written whatever `--events` or LOG_LEVEL select.
 ALWAYS_WRITTEN = frozenset({"run.start", "run.end", "run.summary", *SIZE_EVENTS})
 

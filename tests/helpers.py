@@ -16,7 +16,7 @@ pool monitor and the clients against a real engine (the `monitored` fixture give
 
 Recorded logs for the report tests: `RECORDED_RUNS` (what `tests/data/record.py` records),
 `unpack_recorded_logs` (the `recorded` fixture), and reading them: `events_of`, `first_lines`,
-`charts_of` (a report's chart data).
+`with_pool_counts`, `charts_of` (a report's chart data).
 
 Live metrics: `free_port`; `metrics_text`, `parse_metrics`, `scrape` and `scrape_while_running`
 (a run's `/metrics`, read with prometheus-client's parser); `published_moments` (what a scrape
@@ -391,6 +391,16 @@ def events_of(path: Path) -> dict[str, list[Event]]:
             event = json.loads(line)
             by_scenario.setdefault(event["scenario"], []).append(event)
     return by_scenario
+
+
+def with_pool_counts(events: list[Event]) -> list[Event]:
+    """The events that carry the pool's counts: pool.*, client.acquired, client.timeout."""
+    return [
+        event
+        for event in events
+        if event["event"].startswith("pool.")
+        or event["event"] in ("client.acquired", "client.timeout")
+    ]
 
 
 def first_lines(path: Path, count: int) -> list[str]:

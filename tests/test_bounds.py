@@ -345,4 +345,4 @@ def test_the_largest_seed_and_iterations_run_and_are_written(
     assert start["workload"]["iterations"] == INT64_MAX
     assert end["event"] == "run.end"
     assert end["summary"]["stop_reason"] == "duration"
-    assert by_name(events, "pool.checkout")
+    assert by_name(events, "client.acquired")

@@ -22,7 +22,7 @@ def test_console_format_is_for_people(loadsim: RunLoadsim, database_url: str) ->
         database_url,
     )
     assert result.returncode == 0, result.stderr
-    assert "pool.checkout" in result.stdout
+    assert "client.acquired" in result.stdout
     with pytest.raises(json.JSONDecodeError):
         json.loads(result.stdout.splitlines()[0])
 

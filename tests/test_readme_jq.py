@@ -136,10 +136,16 @@ def _split(program: str) -> tuple[str, str]:
 
 
 def _fields(projection: str) -> list[str]:
-    """The event fields a projection picks: `{a, b}` or `.a`."""
+    """The event fields a projection reads: `{a, b}`, `{a, name: (.b - .c)}` or `.a`."""
     if projection.startswith("{") and projection.endswith("}"):
-        fields = [field.strip() for field in projection[1:-1].split(",")]
-        assert all(re.fullmatch(r"[a-z_]+", field) for field in fields), projection
+        fields = []
+        for item in (item.strip() for item in projection[1:-1].split(",")):
+            if re.fullmatch(r"[a-z_]+", item):
+                fields.append(item)
+            else:
+                match = re.fullmatch(r"[a-z_]+: \((.*)\)", item)
+                assert match, f"a projection this test does not understand: {projection}"
+                fields += re.findall(r"\.([a-z_]+)", match.group(1))
         return fields
     match = re.fullmatch(r"\.([a-z_]+)", projection)
     assert match, f"a projection this test does not understand: {projection}"

@@ -12,7 +12,7 @@ import pytest
 from loadsim.report import Report, build_report
 from loadsim.report import aggregate as aggregate_module
 from loadsim.report.reader import LogSource
-from tests.helpers import Event, RecordedLogs, charts_of, events_of
+from tests.helpers import Event, RecordedLogs, charts_of, events_of, with_pool_counts
 
 pytestmark = pytest.mark.usefixtures("no_stray_reports")
 
@@ -33,7 +33,7 @@ def test_timeline_has_a_lane_per_connection_and_a_bar_per_checkout(
     events = events_of(path)[scenario]
     timeline = charts_of(report, scenario)["timeline"]
     connected = list(dict.fromkeys(e["conn"] for e in events if e["event"] == "pool.connect"))
-    checkouts = sum(e["event"] == "pool.checkout" for e in events)
+    checkouts = sum(e["event"] == "client.acquired" for e in events)
     assert timeline["lanes"] == connected
     assert timeline["bars"] == checkouts == timeline["checkouts"]
     assert not timeline["bars_thinned"]
@@ -45,7 +45,7 @@ def test_timeline_has_a_lane_per_connection_and_a_bar_per_checkout(
         assert timeline["marks"]["connect"] == len(connected)
         for cause, number in closes.items():
             assert timeline["marks"][f"close:{cause}"] == number
-    clients = {e["client"] for e in events if e["event"] == "pool.checkout"}
+    clients = {e["client"] for e in events if e["event"] == "client.acquired"}
     assert set(timeline["clients"]) == clients
 
 
@@ -64,9 +64,7 @@ def test_pool_chart_shows_the_counts_the_events_carry(
     for scenario, limit in (("saturation", 7), ("exhaustion", 10)):
         events = logs[scenario]
         # the pool's own counts are meaningless while it is disposed (see aggregate.py)
-        pool_events = [
-            e for e in events if e["event"].startswith("pool.") and e.get("cause") != "disposed"
-        ]
+        pool_events = [e for e in with_pool_counts(events) if e.get("cause") != "disposed"]
         chart = charts_of(saturation_report, scenario)["pool"]
         assert chart["max_used"] == max(e["connections_used"] for e in pool_events)
         assert chart["max_total"] == max(e["connections_total"] for e in pool_events)
@@ -90,7 +88,7 @@ def test_distribution_counts_every_checkout_once(
 ) -> None:
     events = events_of(recorded.saturation)["saturation"]
     chart = charts_of(saturation_report, "saturation")["distribution"]
-    checkouts = [e for e in events if e["event"] == "pool.checkout"]
+    checkouts = [e for e in events if e["event"] == "client.acquired"]
     assert chart["checkouts_per_client"] == dict(Counter(e["client"] for e in checkouts))
     assert chart["checkouts_per_connection"] == dict(Counter(e["conn"] for e in checkouts))
     assert len(chart["checkouts_per_client"]) == events[0]["workload"]["clients"]
@@ -138,7 +136,7 @@ def test_past_the_cap_checkouts_close_together_merge(
     assert int(counts.sum()) == data.checkouts > 1000  # every checkout is in one bar
     lane_of = {int(conn): lane for lane, conn in enumerate(data.lanes.conn)}
     for event in events_of(recorded.pooled)["pooled"]:
-        if event["event"] == "pool.checkout":  # ... the bar of its connection, at its time
+        if event["event"] == "client.acquired":  # ... the bar of its connection, at its time
             on_lane = lanes == lane_of[event["conn"]]
             assert ((starts[on_lane] <= event["t"]) & (event["t"] <= ends[on_lane])).any()
     timeline = timeline_chart(data, "")
@@ -171,7 +169,7 @@ def test_application_instances_are_one_fleet(recorded: RecordedLogs, tmp_path: P
     charts = charts_of(report, "saturation")
     connections = [(e["instance"], e["conn"]) for e in events if e["event"] == "pool.connect"]
     assert len(charts["timeline"]["lanes"]) == len(set(connections)) > 7
-    assert charts["timeline"]["bars"] == sum(e["event"] == "pool.checkout" for e in events)
+    assert charts["timeline"]["bars"] == sum(e["event"] == "client.acquired" for e in events)
     assert charts["pool"]["instances"] == 2
     assert charts["pool"]["max_total"] <= 2 * 7 < charts["pool"]["max_total"] + 7
     clients = charts["distribution"]["checkouts_per_client"]

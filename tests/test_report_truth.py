@@ -238,7 +238,7 @@ def test_overflow_is_drawn_where_no_limit_line_hides_it(recorded: RecordedLogs) 
     # the overflow the chart drew is the connections open beyond pool_size
     events = events_of(recorded.exhaustion)["exhaustion"]
     for event in events:
-        if event["event"] == "pool.checkout":
+        if event["event"] == "client.acquired":
             assert drawn_at((times, overflow), event["t"]) >= event["connections_total"] - 5
 
 

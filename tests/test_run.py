@@ -30,7 +30,7 @@ def test_normal_reuses_a_few_connections(loadsim: RunLoadsim, database_url: str)
     assert [event["t"] for event in events] == sorted(event["t"] for event in events)
 
     connects = by_name(events, "pool.connect")
-    checkouts = by_name(events, "pool.checkout")
+    checkouts = by_name(events, "client.acquired")
     assert 1 <= len(connects) <= 3  # three clients never need more than three connections
     assert len(checkouts) >= 10 * len(connects)  # each connection is reused many times
     # conn ids are small, stable, and carry their backend's pid on every event

@@ -192,7 +192,7 @@ def test_the_benchmarks_synthetic_log_follows_the_schema(tmp_path: Path) -> None
     bench["synthesise"](log, 8000)  # past the first monitor.stats (1 s)
     events = parse_events(log.read_text(encoding="utf-8"))
     assert events[0]["schema_version"] == schema.SCHEMA_VERSION
-    assert {"run.start", "pool.checkout", "monitor.stats", "run.end"} <= {
+    assert {"run.start", "client.acquired", "monitor.stats", "run.end"} <= {
         event["event"] for event in events
     }
 

@@ -224,7 +224,7 @@ def test_start_at_holds_the_load_back(loadsim: RunLoadsim, database_url: str) ->
     assert 0 < start["start_wait_s"] <= 2
     given = float(f"{start_at:.3f}")  # the time as the flag gave it, to the millisecond
     assert given <= start["began_epoch_s"] < given + 0.1
-    checkouts = by_name(events, "pool.checkout")
+    checkouts = by_name(events, "client.acquired")
     assert checkouts
     # every checkout comes after the start time (ts is wall-clock, to the microsecond)
     assert min(dt.datetime.fromisoformat(e["ts"]).timestamp() for e in checkouts) >= start_at

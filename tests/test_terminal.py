@@ -126,7 +126,7 @@ def test_output_gets_every_event_while_the_terminal_gets_none(
     assert f"JSONL goes to {log} only" in shown
     events = parse_events(log.read_text())
     assert by_name(events, "run.start") and by_name(events, "run.end")
-    checkouts = by_name(events, "pool.checkout")
+    checkouts = by_name(events, "client.acquired")
     assert len(checkouts) == by_name(events, "run.end")[0]["summary"]["checkouts"] > 0
 
 
@@ -143,7 +143,7 @@ def test_console_format_still_prints_on_a_terminal(tmp_path: Path, database_url:
         cwd=tmp_path,
     )
     assert status == 0, shown
-    assert "pool.checkout" in shown and "run.end" in shown
+    assert "client.acquired" in shown and "run.end" in shown
     assert "no JSONL on a terminal" not in shown
     assert _json_lines(shown) == []
 
@@ -162,7 +162,7 @@ def test_piped_stdout_stays_pure_jsonl_beside_a_terminal(tmp_path: Path, databas
     assert status == 0, shown
     events = parse_events(piped)  # every line JSON, every event as the schema declares it
     assert (
-        len(by_name(events, "pool.checkout"))
+        len(by_name(events, "client.acquired"))
         == by_name(events, "run.end")[0]["summary"]["checkouts"]
     )
     assert "no JSONL on a terminal" not in shown

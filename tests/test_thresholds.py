@@ -62,7 +62,7 @@ def test_thresholds_fail_the_run_with_exit_1(loadsim: RunLoadsim, database_url: 
         f"loadsim: threshold failed in exhaustion: timeouts == 0 "
         f"(timeouts = {len(by_name(events, 'client.timeout'))})",
         f"loadsim: threshold passed in exhaustion: checkouts > 0 "
-        f"(checkouts = {len(by_name(events, 'pool.checkout'))})",
+        f"(checkouts = {len(by_name(events, 'client.acquired'))})",
     ]
     assert summary["timeouts"] > 0
     verdicts = {event["threshold"]: event["passed"] for event in by_name(events, "run.threshold")}

@@ -141,7 +141,7 @@ def test_rate_on_a_closed_scenario_runs_an_open_workload_at_that_rate(
     summary = by_name(events, "run.end")[0]["summary"]
     # 100/s for 2 s, evenly spaced from t = 0: 200 due, whatever the 4 closed clients did.
     assert summary["requests"] == pytest.approx(200, rel=0.03)
-    assert summary["checkouts"] == len(by_name(events, "pool.checkout"))
+    assert summary["checkouts"] == len(by_name(events, "client.acquired"))
     assert summary["checkouts"] >= 0.97 * summary["requests"]
 
 
@@ -155,8 +155,8 @@ def test_ramp_up_flag_starts_the_clients_evenly_over_it(
     )  # fmt: skip
     assert events[0]["workload"]["ramp_up_s"] == 2.0
     first_ask: dict[int, float] = {}
-    for event in by_name(events, "client.waiting"):
-        first_ask.setdefault(event["client"], event["t"] - events[0]["t"])
+    for event in by_name(events, "client.acquired"):  # asked the pool at t - wait_ms
+        first_ask.setdefault(event["client"], event["t"] - event["wait_ms"] / 1000 - events[0]["t"])
     starts = [first_ask[client] for client in sorted(first_ask)]
     # 4 clients over 2 s: one every 0.5 s (plus a first think of at most a few ms).
     assert len(starts) == 4

@@ -5,21 +5,36 @@ from __future__ import annotations
 import fnmatch
 
 from loadsim.errors import ScenarioError
-from loadsim.schema import ALWAYS_WRITTEN, ERROR_EVENTS, EVENT_NAMES, WARNING_EVENTS
+from loadsim.schema import (
+    ALWAYS_WRITTEN,
+    DEFAULT_EVENTS,
+    ERROR_EVENTS,
+    EVENT_NAMES,
+    WARNING_EVENTS,
+)
+
+#: `--events all`: every event, those the default stream leaves out too.
+ALL = "all"
 
 
-def select_events(patterns: str) -> frozenset[str]:
+def select_events(patterns: str | None) -> frozenset[str]:
     """`--events`: the event names matching comma-separated globs such as
-    "monitor.*,run.*"; a pattern that matches no event is a ScenarioError."""
+    "monitor.*,run.*", or every event for `all`; without `--events` (None), the default
+    stream. A pattern that matches no event is a ScenarioError."""
+    if patterns is None:
+        return DEFAULT_EVENTS
     selected: set[str] = set()
     for pattern in (part.strip() for part in patterns.split(",")):
         if not pattern:
+            continue
+        if pattern == ALL:
+            selected |= EVENT_NAMES
             continue
         matched = {name for name in EVENT_NAMES if fnmatch.fnmatchcase(name, pattern)}
         if not matched:
             kinds = sorted({name.split(".")[0] + ".*" for name in EVENT_NAMES})
             raise ScenarioError(
-                f"--events: {pattern!r} matches no event; try one of {', '.join(kinds)} "
+                f"--events: {pattern!r} matches no event; try all, one of {', '.join(kinds)} "
                 "or a full name such as pool.checkout"
             )
         selected |= matched

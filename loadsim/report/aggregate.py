@@ -481,6 +481,19 @@ class Folder:
         if lane is not None:
             self._end_bar(data, lane, t)
 
+    def _returned(self, data: ScenarioData, event: Event, t: float) -> None:
+        """A client.released standing for its checkin. The pool may have handed the
+        connection on (a waiter's client.acquired) before the client that returned it wrote
+        this: that checkout already ended its bar, and the bar open now is not this
+        client's."""
+        lane = self._lane(data, event, t, create=False)
+        if lane is None:
+            return
+        opened = data._open_bars.get(lane)
+        if opened is not None and opened[1] == int(event["client"]):
+            self._end_bar(data, lane, t)
+            self._add_counts(data, t)
+
     def _close(self, data: ScenarioData, event: Event, t: float) -> None:
         self._closed(data, event, t, str(event.get("cause") or "closed"))
 
@@ -531,6 +544,11 @@ class Folder:
         self._add_counts(data, t)
 
     def _acquired(self, data: ScenarioData, event: Event, t: float) -> None:
+        """A client got a connection. In the default stream (schema 6), which has no
+        pool.checkout, this is the checkout too, with the pool's counts."""
+        if not data.events["pool.checkout"]:
+            self._checkout(data, event, t)
+            self._pool_counts(data, event, t)
         self._wait_ended(data, event, t)
         self._waited(data, event)
 
@@ -549,6 +567,8 @@ class Folder:
                 stats.wait_max_ms = wait
 
     def _released(self, data: ScenarioData, event: Event, t: float) -> None:
+        if not data.events["pool.checkin"]:  # the default stream: this is the checkin
+            self._returned(data, event, t)
         held = event.get("held_ms")
         if held is not None:
             data.use_ms.add(held)

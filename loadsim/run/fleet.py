@@ -42,7 +42,7 @@ from loadsim.run.lifecycle import Lifecycle, RunOutcome
 from loadsim.run.live_metrics import check_fleet_ports
 from loadsim.run.metrics import share
 from loadsim.run.session_settings import check_session_settings
-from loadsim.schema import ADDITIVE_FIGURES, EVENT_NAMES, LATENCY_NAMES
+from loadsim.schema import ADDITIVE_FIGURES, DEFAULT_EVENTS, LATENCY_NAMES
 
 INSTANCE_COMMAND = "_instance"
 #: How an instance may end once we passed it a signal: stopped by it (128 + n: 130, 143,
@@ -82,7 +82,7 @@ class Fleet(Lifecycle):
         *,
         log_format: LogFormat = "json",
         warn: Callable[[str], None] = lambda message: None,
-        kinds: frozenset[str] = EVENT_NAMES,
+        kinds: frozenset[str] = DEFAULT_EVENTS,
         loop: str = "auto",
         view: LiveView | None = None,
     ) -> None:

@@ -52,7 +52,7 @@ from loadsim.run.database import (
 )
 from loadsim.run.engine import parse_database_url
 from loadsim.run.events import EventLog, EventSink, LogFormat
-from loadsim.schema import EVENT_NAMES
+from loadsim.schema import DEFAULT_EVENTS
 
 #: How often the event stream is flushed, and a closed output noticed.
 FLUSH_INTERVAL_S = 0.25
@@ -81,7 +81,7 @@ class Lifecycle:
         log_format: LogFormat = "json",
         colours: bool = False,
         warn: Callable[[str], None] = lambda message: None,
-        kinds: frozenset[str] = EVENT_NAMES,
+        kinds: frozenset[str] = DEFAULT_EVENTS,
         loop: str = "auto",
         run_id: str | None = None,
         parent_fd: int | None = None,

@@ -161,6 +161,10 @@ class PoolMonitor:
         pids = self._pids
         return [pid for conn in self._connected if (pid := pids.get(conn)) is not None]
 
+    def backend_pid(self, conn: int | None) -> int | None:
+        """The server process behind a connection, while it is open."""
+        return None if conn is None else self._pids.get(conn)
+
     def counters_now(self) -> dict[str, int]:
         return asdict(self.counters)
 
@@ -224,7 +228,7 @@ class PoolMonitor:
             name,
             {
                 "conn": conn,
-                "backend_pid": self._pids.get(conn) if conn is not None else None,
+                "backend_pid": self.backend_pid(conn),
                 "client": current_client.get(),
                 **fields,
                 **self.state(),

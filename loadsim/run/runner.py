@@ -40,7 +40,7 @@ from loadsim.run.monitor import PoolMonitor, Watcher
 from loadsim.run.server_memory import MemorySampler
 from loadsim.run.session_settings import check_session_settings
 from loadsim.run.workload import CheckoutGate, ClientFleet, plan_clients
-from loadsim.schema import EVENT_NAMES, SCHEMA_VERSION
+from loadsim.schema import DEFAULT_EVENTS, SCHEMA_VERSION
 
 #: How long clients still holding a connection get to finish once a run is due to stop. The
 #: measured window ends when the run is due to stop; this grace period is `grace_s`, apart.
@@ -61,7 +61,7 @@ class Runner(Lifecycle):
         colours: bool = False,
         warn: Callable[[str], None] = lambda message: None,
         dashboard: LiveView | None = None,
-        kinds: frozenset[str] = EVENT_NAMES,
+        kinds: frozenset[str] = DEFAULT_EVENTS,
         loop: str = "auto",
         run_id: str | None = None,
         instance: int | None = None,

@@ -413,8 +413,13 @@ class ClientFleet:
     async def _hold_without_returning(self, client: Client) -> None:
         connection = await self.engine.connect()  # deliberately not `async with`
         self.states[client.id] = ClientState.LEAKING
+        conn = self.monitor.last_checkout.get(client.id)
         self.events.emit(
-            "client.acquired", client=client.id, conn=self.monitor.last_checkout.get(client.id)
+            "client.acquired",
+            client=client.id,
+            conn=conn,
+            backend_pid=self.monitor.backend_pid(conn),
+            **self.monitor.state(),
         )
         await connection.execute(_OPEN_TRANSACTION)
         await asyncio.Event().wait()
@@ -460,7 +465,9 @@ class ClientFleet:
                     "client.acquired",
                     client=client.id,
                     conn=conn,
+                    backend_pid=monitor.backend_pid(conn),
                     wait_ms=milliseconds(acquired - asked),
+                    **monitor.state(),
                 )
                 if deadline is None:
                     await use(connection)

@@ -56,7 +56,7 @@ def main() -> None:
 def describe(log: Path) -> str:
     """What a log holds, to see at a glance that it is what the tests expect."""
     events = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines()]
-    checkouts = Counter(e["scenario"] for e in events if e["event"] == "pool.checkout")
+    checkouts = Counter(e["scenario"] for e in events if e["event"] == "client.acquired")
     version = events[0]["schema_version"]
     shown = ", ".join(f"{scenario} {count} checkouts" for scenario, count in checkouts.items())
     return f"schema_version {version}, {len(events)} events ({shown})"
