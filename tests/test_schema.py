@@ -40,8 +40,14 @@ def envelope(event: str, instance: int | None = 0, **fields: Any) -> dict[str, A
     return {**line, "scenario": "s", "instance": instance, **fields}
 
 
+#: The pool's counts a client.acquired carries.
+COUNTS = dict.fromkeys(schema.POOL_COUNTS, 1)
+
+
 def acquired(**extra: Any) -> dict[str, Any]:
-    return envelope("client.acquired", client=3, conn=1, wait_ms=0.25, **extra)
+    return envelope(
+        "client.acquired", client=3, conn=1, backend_pid=99, wait_ms=0.25, **COUNTS, **extra
+    )
 
 
 # ------------------------------------------------------------------ the declaration
@@ -128,7 +134,8 @@ def test_compare_reads_only_declared_summary_figures() -> None:
 
 def test_a_declared_event_passes_the_check() -> None:
     assert schema.event_problems(acquired()) == []
-    assert schema.event_problems(envelope("client.acquired", client=3, conn=None)) == []
+    cancel_client = envelope("client.acquired", client=3, conn=None, backend_pid=None, **COUNTS)
+    assert schema.event_problems(cancel_client) == []
     assert schema.undeclared_fields(acquired()) == []
 
 
@@ -137,10 +144,18 @@ def test_a_field_added_at_an_emit_site_without_declaring_it_fails_the_check() ->
     `parse_events`, so every test that runs loadsim would fail on it."""
     stream = io.BytesIO()
     log = EventLog(EventSink([stream]), run_id="r1", scenario="s")
-    log.emit("client.acquired", client=3, conn=1, wait_ms=0.25)
+    log.emit("client.acquired", client=3, conn=1, backend_pid=99, wait_ms=0.25, **COUNTS)
     assert parse_events(stream.getvalue().decode())[0]["wait_ms"] == 0.25
 
-    log.emit("client.acquired", client=3, conn=1, wait_ms=0.25, queue_position=2)
+    log.emit(
+        "client.acquired",
+        client=3,
+        conn=1,
+        backend_pid=99,
+        wait_ms=0.25,
+        **COUNTS,
+        queue_position=2,
+    )
     with pytest.raises(pytest.fail.Exception, match="'queue_position' is not declared"):
         parse_events(stream.getvalue().decode())
     assert schema.undeclared_fields(acquired(queue_position=2)) == ["queue_position"]
@@ -312,7 +327,7 @@ terminate = ["1500ms"]
 def test_a_recorded_run_validates_against_loadsim_schema(
     loadsim: RunLoadsim, database_url: str, tmp_path: Path
 ) -> None:
-    """Every line of a real run, at LOG_LEVEL=debug, with timeouts, a leak, a fault and a
+    """Every line of a real run, every event at LOG_LEVEL=debug, with timeouts, a leak, a fault and a
     threshold, is valid by the JSON Schema that `loadsim schema` prints."""
     write_scenarios(tmp_path, EVERYTHING)
     result = loadsim(
@@ -320,6 +335,8 @@ def test_a_recorded_run_validates_against_loadsim_schema(
         "everything",
         "--threshold",
         "timeouts == 0",
+        "--events",
+        "all",
         "--database-url",
         database_url,
         env={"LOG_LEVEL": "debug"},
