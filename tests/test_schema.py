@@ -327,8 +327,8 @@ terminate = ["1500ms"]
 def test_a_recorded_run_validates_against_loadsim_schema(
     loadsim: RunLoadsim, database_url: str, tmp_path: Path
 ) -> None:
-    """Every line of a real run, every event at LOG_LEVEL=debug, with timeouts, a leak, a fault and a
-    threshold, is valid by the JSON Schema that `loadsim schema` prints."""
+    """Every line of a real run, every event at LOG_LEVEL=debug, with timeouts, a leak, a
+    fault and a threshold, is valid by the JSON Schema that `loadsim schema` prints."""
     write_scenarios(tmp_path, EVERYTHING)
     result = loadsim(
         "run",

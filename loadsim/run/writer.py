@@ -3,9 +3,10 @@
 Every checkout writes two events (six with `--events all`). Rendering one in the run's own
 process (a dict, a timestamp, orjson, a buffered write) costs its event loop about 5 µs, and
 more again in what it evicts from the CPU's caches: writing six events a checkout cost a
-`SELECT 1` workload a quarter of its throughput. So a run only appends each event's bare fields to a batch; the batch goes
-down a pipe to this process, marshalled in one call, and is rendered here exactly as the run
-would have rendered it (`EventRenderer`), on the machine's other core. An event's fields
+`SELECT 1` workload a quarter of its throughput. So a run only appends each event's bare
+fields to a batch; the batch goes down a pipe to this process, marshalled in one call, and is
+rendered here exactly as the run would have rendered it (`EventRenderer`), on the machine's
+other core. An event's fields
 are read when its batch is sent (within a second): callers pass values they do not change.
 
 The writer inherits the run's stdout and `--output` file. It runs in a session of its own
