@@ -6,8 +6,8 @@ more again in what it evicts from the CPU's caches: writing six events a checkou
 `SELECT 1` workload a quarter of its throughput. So a run only appends each event's bare
 fields to a batch; the batch goes down a pipe to this process, marshalled in one call, and is
 rendered here exactly as the run would have rendered it (`EventRenderer`), on the machine's
-other core. An event's fields
-are read when its batch is sent (within a second): callers pass values they do not change.
+other core. An event's fields are read when its batch is sent (within a second): callers
+pass values they do not change.
 
 The writer inherits the run's stdout and `--output` file. It runs in a session of its own
 and ignores SIGINT and SIGTERM, so a Ctrl-C is the run's alone to handle. What a stream
