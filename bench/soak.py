@@ -3,7 +3,7 @@ loadsim process's resident memory (and its writer's) is sampled every `--every` 
 after a warm-up the trend is fitted (least squares, numpy.polyfit) and printed in MB/minute.
 
     python bench/soak.py [--minutes 10] [--clients 5000] [--pool-size 10] [--every 5]
-                         [--warm-up 60] [--database-url URL] [--events 'monitor.*']
+                         [--warm-up 60] [--database-url URL] [--events PATTERNS]
 
 Without --database-url the run starts its own embedded PostgreSQL, as `loadsim run` does.
 The samples go to stderr as they come (seconds, MB); the last lines are the fitted slopes.
@@ -75,7 +75,9 @@ def main() -> None:
     parser.add_argument("--every", type=float, default=5.0, help="seconds between samples")
     parser.add_argument("--warm-up", type=float, default=60.0, help="seconds not fitted")
     parser.add_argument("--database-url", default=None)
-    parser.add_argument("--events", default="monitor.*", help="what the run writes")
+    parser.add_argument(
+        "--events", default=None, help="what the run writes (default: the default stream)"
+    )
     options = parser.parse_args()
     seconds = round(options.minutes * 60)
     warm_up = min(options.warm_up, seconds / 3)
@@ -86,7 +88,8 @@ def main() -> None:
             SCENARIO.format(clients=options.clients, seconds=seconds, pool_size=options.pool_size)
         )
         command = [sys.executable, "-m", "loadsim", "run", "soak", "-f", str(scenarios), "-q"]
-        command += ["--events", options.events]
+        if options.events is not None:
+            command += ["--events", options.events]
         if options.database_url:
             command += ["--database-url", options.database_url]
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
