@@ -119,7 +119,13 @@ def test_a_short_sweep(sweep: Sweep) -> None:
             assert step["p_wait"] == pytest.approx(model.p_wait_longer(1.0), abs=0.2)
     capacity = [step for step in steps if step["kind"] == "capacity"]
     rates = {step["pool_size"]: step["checkouts_per_s"] for step in capacity}
-    assert rates[2] > 1.3 * rates[1]  # pg_sleep holds: connections add throughput
+    # pg_sleep holds: connections add throughput. The pool is always full (two clients a
+    # connection), so by Little's law each step's rate is its pool size over its mean hold;
+    # how much a second connection adds depends on how busy the machine is (holds grow).
+    for step in capacity:
+        little = step["pool_size"] / (step["use_mean_ms"] / 1000)
+        assert step["checkouts_per_s"] == pytest.approx(little, rel=0.25), step
+    assert rates[2] > 1.1 * rates[1]
     (fit,) = by_name(events, "size.fit")
     ours = fit_usl(list(rates), list(rates.values()))
     assert fit["fitted"] and fit["points"] == 3
