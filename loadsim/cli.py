@@ -311,8 +311,8 @@ def run(
             help="Write only these kinds of event: comma-separated patterns such as "
             "'monitor.*,run.*' (run.start and run.end always), or 'all'. Default: every "
             "event but pool.checkout, pool.checkin, pool.reset and client.waiting, whose "
-            "moments client.acquired and client.released already give (README, 'The event "
-            "stream'). Metrics are unaffected.",
+            "moments client.acquired and client.released already give (README, 'Events'). "
+            "Metrics are unaffected.",
             show_default=False,
         ),
     ] = None,
