@@ -86,6 +86,23 @@ def _ready(url: str) -> bool:
         return False
 
 
+def scrape_health(url: str) -> str:
+    """Prometheus's own account of its scrapes of loadsim: which failed, and how long each
+    took (for a failure's message)."""
+    answers = {
+        name: [
+            value
+            for series in query(url, f'{name}{{job="loadsim"}}[5m]')
+            for value in series["values"]
+        ]
+        for name in ("up", "scrape_duration_seconds")
+    }
+    return "; ".join(
+        f"{name}: " + ", ".join(f"{float(value):.3g}" for _, value in values)
+        for name, values in answers.items()
+    )
+
+
 def query(url: str, promql: str) -> list[dict[str, Any]]:
     """An instant query through Prometheus's HTTP API."""
     address = f"{url}/api/v1/query?{urllib.parse.urlencode({'query': promql})}"
@@ -100,9 +117,10 @@ def test_prometheus_sees_the_pool_fill_and_drain(
 ) -> None:
     url, port = prometheus
     # saturation, then normal in the same process: /metrics still serves saturation's pool as
-    # run.end left it while normal runs, so Prometheus scrapes it drained.
+    # run.end left it while normal runs, so Prometheus scrapes it drained. (8 s each: on a
+    # machine busy with other tests, some scrapes miss their 900 ms timeout.)
     result = run_loadsim(
-        *("run", "saturation", "normal", "--duration", "5s", "--clients", "14", "-q"),
+        *("run", "saturation", "normal", "--duration", "8s", "--clients", "14", "-q"),
         *("--metrics-port", str(port), "--database-url", database_url),
         cwd=tmp_path,
     )
@@ -120,7 +138,8 @@ def test_prometheus_sees_the_pool_fill_and_drain(
         assert labels.pop("instance") == f"127.0.0.1:{port}"
         for timestamp, value in series["values"]:
             scrapes[timestamp][(name, frozenset(labels.items()))] = float(value)
-    assert len(scrapes) >= 4, f"Prometheus scraped the run {len(scrapes)} times"
+    health = scrape_health(url)
+    assert len(scrapes) >= 4, f"Prometheus scraped the run {len(scrapes)} times; {health}"
 
     for scenario in ("saturation", "normal"):
         moments = published_moments(events, scenario)
@@ -137,7 +156,7 @@ def test_prometheus_sees_the_pool_fill_and_drain(
             peak = max(range(len(seen)), key=lambda index: seen[index]["used"])
             assert seen[peak]["used"] > 5, seen  # pool_size 5 + overflow in use
             assert seen[peak]["overflow"] == seen[peak]["used"] - 5
-            assert any(figures["pending"] > 0 for figures in seen), seen  # a queue
+            assert any(figures["pending"] > 0 for figures in seen), (seen, health)  # a queue
             drained = seen[-1]
             assert drained == moments[-1].figures  # run.end's pool and totals
             assert drained["used"] == drained["pending"] == drained["overflow"] == 0
