@@ -47,6 +47,8 @@ QUEUE = """
     rate = 150
     distribution = "poisson"
 """
+#: The event loop's lag p99 below which the client is not what the waits measure.
+KEEPING_UP_MS = 10.0
 SWEEP = ("--pool-sizes", "1,2,4", "--repeats", "1", "--step-duration", "1.5s", "--warmup", "0.5s")
 
 
@@ -141,7 +143,9 @@ def test_a_short_sweep(sweep: Sweep) -> None:
     assert advice["steps"] == 6 and not advice["interrupted"]
     # Where queueing theory holds (Poisson arrivals, exponential holds), the recommendation
     # is Erlang C's own smallest pool for the SLO, from the measured rate and hold (or, the
-    # measured p99 being one sample's tail, the next size measured).
+    # measured p99 being one sample's tail, the next size measured). It holds only while the
+    # client keeps up: on a machine too busy for that (other tests beside this one), the
+    # event loop's own lag is in every wait, and the SLO on p99 may be met by no size.
     queue = {step["pool_size"]: step for step in steps if step["kind"] == "queue"}
     at = queue[2]
     erlang = smallest_pool(
@@ -154,7 +158,11 @@ def test_a_short_sweep(sweep: Sweep) -> None:
     # measured size on either side of Erlang C's, never further
     at_expected = measured_sizes.index(expected)
     neighbours = measured_sizes[max(at_expected - 1, 0) : at_expected + 2]
-    assert advice["pool_size"] in neighbours, (advice, erlang)
+    lag = max(step["loop_lag_p99_ms"] or 0.0 for step in queue.values())
+    if lag <= KEEPING_UP_MS:
+        assert advice["pool_size"] in neighbours, (advice, erlang, lag)
+    else:  # the client's lag only adds to the waits: larger, or none that meets the SLO
+        assert advice["pool_size"] is None or advice["pool_size"] >= neighbours[0], (advice, lag)
     assert result.returncode == (0 if advice["met"] else 1), result.stderr
     assert "recommendation:" in result.stderr or "no pool size qualifies" in result.stderr
     assert "checkouts/s" in result.stderr  # the table
