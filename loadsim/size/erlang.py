@@ -84,28 +84,19 @@ def predict(
     stable = offered < pool_size
     p_wait = erlang_c(pool_size, offered)
     factor = (arrival_cv2 + hold_cv2) / 2
-    if not stable:
-        return QueuePrediction(
-            pool_size,
-            arrival_rate,
-            mean_hold_ms,
-            offered,
-            offered / pool_size,
-            False,
-            p_wait,
-            math.inf,
-            0.0,
-        )
-    drain = pool_size / mean_hold_ms - per_ms  # cmu - lambda, per ms
-    decay = drain / factor if factor > 0 else math.inf
-    mean_wait = p_wait / decay if decay != math.inf else 0.0
+    if stable:
+        drain = pool_size / mean_hold_ms - per_ms  # cmu - lambda, per ms
+        decay = drain / factor if factor > 0 else math.inf
+        mean_wait = p_wait / decay if decay != math.inf else 0.0
+    else:  # the queue grows without end
+        decay, mean_wait = 0.0, math.inf
     return QueuePrediction(
         pool_size,
         arrival_rate,
         mean_hold_ms,
         offered,
         offered / pool_size,
-        True,
+        stable,
         p_wait,
         mean_wait,
         decay,
