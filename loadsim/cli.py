@@ -45,6 +45,11 @@ from loadsim.shard_logs import shard_runs
 if TYPE_CHECKING:
     from loadsim.run.writer import EventWriter
 
+#: `--force`, wherever a command writes an `--output` file.
+ForceOutput = Annotated[
+    bool, typer.Option("--force", help="Overwrite the --output file if it exists.")
+]
+
 app = typer.Typer(
     name="loadsim",
     help=(
@@ -297,9 +302,7 @@ def run(
             "--output", "-o", help="Also write the JSONL event stream to this file.", dir_okay=False
         ),
     ] = None,
-    force: Annotated[
-        bool, typer.Option("--force", help="Overwrite the --output file if it exists.")
-    ] = False,
+    force: ForceOutput = False,
     log_format: Annotated[
         LogFormat,
         typer.Option("--log-format", help="json: one JSON object a line; console: for people."),
@@ -582,9 +585,7 @@ def merge(
             "--output", "-o", help="Write the merged stream here, not to stdout.", dir_okay=False
         ),
     ] = None,
-    force: Annotated[
-        bool, typer.Option("--force", help="Overwrite the --output file if it exists.")
-    ] = False,
+    force: ForceOutput = False,
 ) -> None:
     """One stream from a fleet's shard logs: their events in time order, then the fleet's
     run.summary as 'run --instances N' writes it; exit 1 when a threshold fails on the fleet."""
@@ -829,9 +830,7 @@ def size(
         Path | None,
         typer.Option("--output", "-o", help="Also write the JSONL to this file.", dir_okay=False),
     ] = None,
-    force: Annotated[
-        bool, typer.Option("--force", help="Overwrite the --output file if it exists.")
-    ] = False,
+    force: ForceOutput = False,
     report_dir: Annotated[
         Path | None,
         typer.Option(
